@@ -1,0 +1,149 @@
+"""``mecha merge`` and ``mecha compose``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import dtypes
+from ..errors import MechaError
+from ..merge import NONFINITE_MODES, merge_with_report
+from ..output_file import write_text_atomically
+from ..planning import KeyPlan, MergePlan
+from ..plugins import Plugins
+from ..recipe import ModelNode, RecipeNode, compose
+from ..recipe_format import deserialize, serialize
+
+
+def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
+    merge = commands.add_parser("merge", parents=[common], help="run a .mecha recipe into a safetensors file",
+                                description="Run a .mecha recipe, key by key, into a safetensors file.")
+    merge.add_argument("recipe", help="the .mecha recipe file ('-' reads standard input)")
+    merge.add_argument("-o", "--output", help="output file (default: the recipe's name with .safetensors, "
+                                              "in the current folder)")
+    merge.add_argument("--models-dir", action="append", metavar="DIR",
+                       help="folder where model names are looked up (repeatable; default: MECHA_MODELS_DIR, "
+                            "then models_dirs in the config)")
+    merge.add_argument("--threads", type=int, metavar="N", help="worker threads (default: one per core, at most 8)")
+    merge.add_argument("--device", help="device computing the merge: cpu, cuda, cuda:1 ... (default: cpu)")
+    merge.add_argument("--work-dtype", metavar="DTYPE", help="dtype of the computation: fp32 (default), fp64, bf16, fp16")
+    merge.add_argument("--save-dtype", metavar="DTYPE", help="dtype of merged keys in the output: fp16 (default), fp32, bf16")
+    merge.add_argument("--fallback", metavar="MODEL", help="model that provides the keys the recipe does not merge "
+                                                           "(e.g. the VAE)")
+    merge.add_argument("--drop", action="append", default=[], metavar="WHAT",
+                       help="leave out a component (e.g. ema) or keys matching a pattern (repeatable)")
+    merge.add_argument("--nonfinite", choices=NONFINITE_MODES, default="warn",
+                       help="what a NaN/inf in a result does (default: warn)")
+    merge.add_argument("--memory-budget", type=float, metavar="MB",
+                       help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
+    merge.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    for name in plugins.model_types:
+        model_type = plugins.model_types.get(name)
+        if model_type.encoder is not None and model_type.save_option:
+            merge.add_argument(f"--as-{name}", metavar=model_type.save_option.upper(), dest=f"as_{name}",
+                               help=f"save the result as a {name} model with this {model_type.save_option}")
+    merge.set_defaults(handler=run_merge, save_types=[n for n in plugins.model_types
+                                                     if plugins.model_types.get(n).save_option])
+
+    comp = commands.add_parser("compose", parents=[common], help="fill a recipe template's parameters",
+                               description="Fill the parameters of a recipe template with models or recipes "
+                                           "and print (or write) the composed recipe.")
+    comp.add_argument("base", help="the template .mecha recipe")
+    comp.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                      help="fill parameter NAME with VALUE: a model file or name, or a .mecha recipe")
+    comp.add_argument("-o", "--output", help="write the recipe here instead of standard output")
+    comp.set_defaults(handler=run_compose)
+
+
+def _read_recipe(argument: str) -> RecipeNode:
+    if argument == "-":
+        return deserialize(sys.stdin.read(), source="<stdin>")
+    if not Path(argument).is_file():
+        raise MechaError(f"{argument}: no such recipe file")
+    return deserialize(Path(argument))
+
+
+def _default_output(recipe: str) -> Path:
+    if recipe == "-":
+        return Path("merge.safetensors")
+    return Path(Path(recipe).stem + ".safetensors")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    recipe = _read_recipe(args.recipe)
+    save_as = None
+    save_options: dict[str, Any] = {}
+    for name in args.save_types:
+        value = getattr(args, f"as_{name}", None)
+        if value is not None:
+            if save_as is not None:
+                raise MechaError(f"choose one of --as-{save_as} and --as-{name}")
+            from ..plugins import get_plugins
+            save_as = name
+            save_options = {get_plugins().model_types.get(name).save_option: value}
+    output = Path(args.output) if args.output else _default_output(args.recipe)
+    progress = _Progress(quiet=args.quiet)
+    started = time.perf_counter()
+    _, report = merge_with_report(
+        recipe, output, models_dir=args.models_dir, threads=args.threads, device=args.device,
+        work_dtype=args.work_dtype and dtypes.parse(args.work_dtype, dtypes.WORK_DTYPES, "work dtype"),
+        save_dtype=args.save_dtype and dtypes.parse(args.save_dtype, dtypes.SAVE_DTYPES, "save dtype"),
+        fallback_model=ModelNode(args.fallback) if args.fallback else None, drop=args.drop,
+        nonfinite=args.nonfinite, save_as=save_as, save_options=save_options,
+        memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,
+        progress=progress.update, on_plan=progress.start)
+    progress.close()
+    elapsed = time.perf_counter() - started
+    for note in report.notes:
+        print(f"mecha: note: {note}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {output} ({report.keys_merged} keys merged, {report.keys_copied} copied, "
+              f"{report.bytes_written / 1e9:.2f} GB) in {elapsed:.1f} s")
+    return 0
+
+
+class _Progress:
+    """A tqdm bar over bytes written, with keys done, started once the plan is known."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.keys = 0
+        self.total_keys = 0
+
+    def start(self, plan: MergePlan) -> None:
+        self.total_keys = len(plan.keys)
+        if self.quiet:
+            return
+        from tqdm import tqdm
+        total = sum(k.numel * dtypes.itemsize(dtypes.code_of(k.out_dtype)) for k in plan.keys)
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="merging",
+                        dynamic_ncols=True, leave=False, file=sys.stderr)
+
+    def update(self, plan: KeyPlan, written: int) -> None:
+        self.keys += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.keys}/{self.total_keys} keys", refresh=False)
+            self.bar.update(plan.numel * dtypes.itemsize(dtypes.code_of(plan.out_dtype)))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_compose(args: argparse.Namespace) -> int:
+    base = _read_recipe(args.base)
+    values: dict[str, Any] = {}
+    for name, value in args.parameter:
+        if name in values:
+            raise MechaError(f"parameter {name!r} is given twice")
+        values[name] = deserialize(Path(value)) if value.endswith(".mecha") else value
+    text = serialize(compose(base, **values))
+    if args.output:
+        write_text_atomically(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,196 @@
+"""``merge()``: run a recipe into a safetensors file or a dict; ``RecipeMerger`` for sd-mecha users."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import config as config_module
+from . import dtypes
+from .errors import MechaError
+from .output_file import OutputFile
+from .planning import MergeOptions, MergePlan, plan_merge
+from .plugins import get_plugins
+from .recipe import RecipeNode, as_node
+from .recipe_format import deserialize, serialize
+from .scheduler import DictSink, Progress, Sink, run_plan
+
+NONFINITE_MODES = ("warn", "fail", "ignore")
+
+
+@dataclasses.dataclass
+class MergeReport:
+    """What a merge did, for the CLI and for callers who want to know."""
+
+    output: Path | None
+    keys_merged: int
+    keys_copied: int
+    bytes_written: int
+    notes: list[str]
+
+
+def _recipe(recipe: RecipeNode | str | os.PathLike[str]) -> RecipeNode:
+    if isinstance(recipe, RecipeNode):
+        return recipe
+    if isinstance(recipe, (str, os.PathLike)):
+        return deserialize(recipe)
+    raise MechaError(f"expected a recipe (a node, .mecha text or a .mecha path), got {type(recipe).__name__}")
+
+
+def make_options(*, models_dir: Any = None, threads: int | None = None, device: str | None = None,
+                 work_dtype: Any = None, save_dtype: Any = None, fallback_model: Any = None,
+                 drop: Iterable[str] = (), nonfinite: str = "warn", save_as: str | None = None,
+                 save_options: Mapping[str, Any] | None = None, memory_budget: int | None = None,
+                 cache: dict[Any, Any] | None = None) -> MergeOptions:
+    """Merge options from arguments, falling back on MECHA_MODELS_DIR, the config file, then defaults."""
+    config = config_module.load_config()
+    if nonfinite not in NONFINITE_MODES:
+        raise MechaError(f"nonfinite must be one of {', '.join(NONFINITE_MODES)}, got {nonfinite!r}")
+    work = work_dtype if work_dtype is not None else config.work_dtype
+    save = save_dtype if save_dtype is not None else config.save_dtype
+    fallback = as_node(fallback_model) if fallback_model is not None else None
+    return MergeOptions(
+        models_dirs=tuple(config_module.models_dirs(models_dir, config)),
+        threads=config_module.check_threads(threads if threads is not None else config.threads),
+        device=str(device or config.device),
+        work_dtype=dtypes.parse(work, dtypes.WORK_DTYPES, "work dtype") if isinstance(work, str) else _checked(work, dtypes.WORK_DTYPES, "work dtype"),
+        save_dtype=dtypes.parse(save, dtypes.SAVE_DTYPES, "save dtype") if isinstance(save, str) else _checked(save, dtypes.SAVE_DTYPES, "save dtype"),
+        fallback_model=fallback,
+        drop=tuple(drop),
+        nonfinite=nonfinite,
+        save_as=save_as,
+        save_options=dict(save_options or {}),
+        chunk_bytes=memory_budget or MergeOptions.chunk_bytes,
+        cache=cache,
+    )
+
+
+def _checked(dtype: Any, allowed: tuple[str, ...], what: str) -> str:
+    name = dtypes.name_of(dtype)
+    if name not in allowed:
+        raise MechaError(f"unsupported {what} {name}; use one of {', '.join(allowed)}")
+    return name
+
+
+def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
+          models_dir: Any = None, threads: int | None = None, device: str | None = None, work_dtype: Any = None,
+          save_dtype: Any = None, fallback_model: Any = None, drop: Iterable[str] = (), nonfinite: str = "warn",
+          save_as: str | None = None, save_options: Mapping[str, Any] | None = None,
+          memory_budget: int | None = None, cache: dict[Any, Any] | None = None,
+          progress: Progress | None = None) -> Any:
+    """Merge a recipe. Returns a dict of tensors when `output` is None, else writes the file and returns its path.
+
+    `recipe` is a recipe node, ``.mecha`` text or the path of a ``.mecha`` file. Model names are looked
+    up in `models_dir` (a folder or a list), else ``MECHA_MODELS_DIR``, else the config file.
+    `fallback_model` provides keys the recipe does not merge (e.g. the VAE). `drop` lists components
+    (``ema``) or key patterns (``first_stage_model.*``) to leave out. `nonfinite` is what a NaN/inf
+    result does: ``warn``, ``fail`` or ``ignore``. `save_as` writes another model type (``lora``)
+    with `save_options` (``{"rank": 32}``). `memory_budget` bounds, in bytes, the tensors one worker
+    holds for a chunk of an elementwise merge. `cache` (a dict kept between calls) lets methods that
+    ask for it reuse per-key work.
+    """
+    return merge_with_report(recipe, output, models_dir=models_dir, threads=threads, device=device,
+                             work_dtype=work_dtype, save_dtype=save_dtype, fallback_model=fallback_model, drop=drop,
+                             nonfinite=nonfinite, save_as=save_as, save_options=save_options,
+                             memory_budget=memory_budget, cache=cache, progress=progress)[0]
+
+
+def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
+                      progress: Progress | None = None, on_plan: Callable[[MergePlan], None] | None = None,
+                      **options: Any) -> tuple[Any, MergeReport]:
+    """:func:`merge`, also returning a :class:`MergeReport`; `on_plan` sees the plan before any tensor is read."""
+    node = _recipe(recipe)
+    merge_options = make_options(**options)
+    plugins = get_plugins()
+    plan = plan_merge(node, merge_options, plugins)
+    try:
+        if on_plan is not None:
+            on_plan(plan)
+        layout = _layout(plan)
+        merged = sum(1 for k in plan.keys if k.merge)
+        if output is None:
+            sink = DictSink(layout)
+            _run(plan, sink, progress)
+            report = MergeReport(None, merged, len(plan.keys) - merged, 0, plan.notes)
+            return sink.tensors, report
+        target = Path(output)
+        metadata = {"mecha_recipe": _recipe_text(node)}
+        if plan.encoder is not None:
+            metadata.update(plan.encoder.metadata)
+        with OutputFile(target, layout, metadata, inputs=plan.input_paths()) as out:
+            _run(plan, _FileSink(out), progress)
+            out.commit()
+        return target, MergeReport(target, merged, len(plan.keys) - merged, out.total_size, plan.notes)
+    finally:
+        plan.close()
+
+
+def _recipe_text(node: RecipeNode) -> str:
+    try:
+        return serialize(node)
+    except MechaError:
+        return "<recipe with in-memory models>"
+
+
+def _layout(plan: MergePlan) -> list[tuple[str, str, tuple[int, ...]]]:
+    layout = []
+    for key in plan.keys:
+        if plan.encoder is not None and key.merge:
+            layout.extend(plan.encoder.layout(key.name, key.shape))
+        else:
+            layout.append((key.name, key.out_dtype, key.shape))
+    names = [name for name, _, _ in layout]
+    if len(names) != len(set(names)):
+        raise MechaError("the output would hold the same tensor name twice; the save format's layout is inconsistent")
+    return layout
+
+
+class _FileSink(Sink):
+    def __init__(self, out: OutputFile) -> None:
+        self.out = out
+
+    def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
+        self.out.write(name, tensor, start_element)
+
+
+def _run(plan: MergePlan, sink: Sink, progress: Progress | None) -> None:
+    run_plan(plan, sink, threads=plan.options.threads, progress=progress)
+
+
+class RecipeMerger:
+    """sd-mecha's merger object: defaults kept between merges.
+
+    ``RecipeMerger(models_dir=...).merge_and_save(recipe, output="name")`` writes
+    ``<models_dir>/name.safetensors`` when `output` is a bare name, as sd-mecha did.
+    """
+
+    def __init__(self, *, models_dir: Any = None, default_device: str = "cpu", default_dtype: Any = None,
+                 threads: int | None = None) -> None:
+        self.models_dir = models_dir
+        self.default_device = default_device
+        self.default_dtype = default_dtype
+        self.threads = threads
+
+    def merge_and_save(self, recipe: RecipeNode | str | os.PathLike[str], *, output: Any = "merge",
+                       fallback_model: Any = None, save_dtype: Any = None, threads: int | None = None,
+                       total_buffer_size: int | None = None) -> Any:
+        """Merge `recipe` into `output` (a path, a bare name, or a dict to fill); `total_buffer_size` bounds chunk memory."""
+        options = dict(models_dir=self.models_dir, threads=threads or self.threads, device=self.default_device,
+                       work_dtype=self.default_dtype, save_dtype=save_dtype, fallback_model=fallback_model,
+                       memory_budget=total_buffer_size)
+        if isinstance(output, dict):
+            output.update(merge(recipe, None, **options))
+            return output
+        return merge(recipe, self._output_path(output), **options)
+
+    def _output_path(self, output: str | os.PathLike[str]) -> Path:
+        path = Path(output)
+        if not path.suffix:
+            path = path.with_suffix(".safetensors")
+        if len(path.parts) == 1 and self.models_dir is not None:
+            folder = self.models_dir[0] if isinstance(self.models_dir, (list, tuple)) else self.models_dir
+            path = Path(folder) / path
+        return path

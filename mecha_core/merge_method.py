@@ -1,0 +1,223 @@
+"""`@merge_method`: a plain tensor function becomes a registered, recipe-building merge method.
+
+The function's signature is the method's declaration:
+
+- positional parameters are input models, annotated with a merge space (``Weight``, ``Delta``,
+  ``Same``; unannotated means ``Same``); a ``*models`` parameter takes any number of them;
+- keyword-only parameters with defaults are hyperparameters (``float``, ``int``, ``bool``, ``str``,
+  or ``tuple[float, ...]`` for one value per model);
+- keyword-only parameters named ``key``, ``device``, ``dtype``, ``generator`` or ``cache``, and a
+  ``**kwargs`` parameter, receive the merge context instead.
+
+Calling the decorated object with models builds a recipe node; nothing is computed until the recipe
+is merged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .errors import RecipeError, unknown
+from .spaces import SAME, MergeSpace, SpaceDecl, describe, space_of_annotation
+
+CONTEXT_NAMES = frozenset({"key", "device", "dtype", "generator", "cache"})
+NODE_OPTIONS = frozenset({"device", "dtype"})
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def validate_name(name: str, what: str) -> str:
+    """Refuse names that would not survive the recipe format or the CLI."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(f"invalid {what} name {name!r}: use lowercase letters, digits and underscores, "
+                         f"starting with a letter")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One model input of a merge method."""
+
+    name: str
+    space: SpaceDecl
+    variadic: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperSpec:
+    """One hyperparameter of a merge method."""
+
+    name: str
+    kind: type
+    default: Any
+    per_model: bool = False
+
+    def type_name(self) -> str:
+        base = self.kind.__name__
+        return f"tuple[{base}, ...]" if self.per_model else base
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MergeMethod:
+    """A merge method: its declaration, and a recipe builder when called."""
+
+    name: str
+    function: Callable[..., Any]
+    inputs: tuple[InputSpec, ...]
+    hypers: tuple[HyperSpec, ...]
+    returns: SpaceDecl
+    context: frozenset[str]
+    takes_kwargs: bool
+    elementwise: bool = False
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "merge method")
+
+    @property
+    def summary(self) -> str:
+        """The first line of the docstring."""
+        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+
+    @property
+    def variadic(self) -> InputSpec | None:
+        return next((i for i in self.inputs if i.variadic), None)
+
+    @property
+    def wants_generator(self) -> bool:
+        return "generator" in self.context or self.takes_kwargs
+
+    def hyper(self, name: str) -> HyperSpec:
+        for h in self.hypers:
+            if h.name == name:
+                return h
+        raise RecipeError(unknown("hyperparameter", name, [h.name for h in self.hypers],
+                                  f" for merge method {self.name!r}"))
+
+    def signature(self) -> str:
+        """The method's signature in recipe terms, e.g. ``weighted_sum(a: Same, b: Same, *, alpha=0.5) -> Same``."""
+        parts = []
+        for i in self.inputs:
+            parts.append(("*" if i.variadic else "") + f"{i.name}: {_space_name(i.space)}")
+        if self.hypers:
+            if not self.variadic:
+                parts.append("*")
+            parts.extend(f"{h.name}: {h.type_name()} = {h.default!r}" for h in self.hypers)
+        return f"{self.name}({', '.join(parts)}) -> {_space_name(self.returns)}"
+
+    def __call__(self, *models: Any, device: str | None = None, dtype: Any = None, **hypers: Any) -> Any:
+        """Build a recipe node calling this method on `models` with `hypers`."""
+        from .recipe import MergeNode, as_node
+        nodes = tuple(as_node(m) for m in models)
+        return MergeNode.build(self, nodes, hypers, device=device, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"<merge method {self.signature()}>"
+
+    def invoke(self, inputs: Sequence[Any], hypers: Mapping[str, Any], context: Mapping[str, Any]) -> Any:
+        """Call the function on tensors, with resolved hyperparameters and the context it asks for."""
+        kwargs = dict(hypers)
+        if self.takes_kwargs:
+            kwargs.update(context)
+        else:
+            for name in self.context:
+                kwargs[name] = context.get(name)
+        return self.function(*inputs, **kwargs)
+
+
+def _space_name(space: SpaceDecl) -> str:
+    return "Same" if space is SAME else space.value.capitalize()
+
+
+def merge_method(function: Callable[..., Any] | None = None, *, name: str | None = None,
+                 elementwise: bool = False) -> Any:
+    """Turn a tensor function into a :class:`MergeMethod`.
+
+    ``elementwise=True`` promises that each output entry depends only on the same entry of each input,
+    so the scheduler may feed the function flat chunks of a large tensor instead of the whole tensor.
+    """
+    def wrap(fn: Callable[..., Any]) -> MergeMethod:
+        return _build(fn, name or fn.__name__, elementwise)
+
+    return wrap(function) if function is not None else wrap
+
+
+def _build(fn: Callable[..., Any], name: str, elementwise: bool) -> MergeMethod:
+    validate_name(name, "merge method")
+    where = f"merge method {name!r} ({fn.__module__}.{fn.__qualname__})"
+    signature = inspect.signature(fn)
+    inputs: list[InputSpec] = []
+    hypers: list[HyperSpec] = []
+    context: set[str] = set()
+    takes_kwargs = False
+    for param in signature.parameters.values():
+        annotation = _evaluate(param.annotation, fn, where)
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD, param.VAR_POSITIONAL):
+            if param.default is not param.empty:
+                raise TypeError(f"{where}: input {param.name!r} has a default; make it a keyword-only "
+                                f"hyperparameter (after '*') instead")
+            space = space_of_annotation(annotation) if annotation is not param.empty else SAME
+            if space is None:
+                raise TypeError(f"{where}: annotate input {param.name!r} with Weight, Delta or Same")
+            inputs.append(InputSpec(param.name, space, param.kind == param.VAR_POSITIONAL))
+        elif param.kind == param.VAR_KEYWORD:
+            takes_kwargs = True
+        elif param.name in CONTEXT_NAMES:
+            context.add(param.name)
+        else:
+            if param.default is param.empty:
+                raise TypeError(f"{where}: hyperparameter {param.name!r} needs a default value")
+            hypers.append(_hyper_spec(param.name, annotation, param.default, where))
+    if not inputs:
+        raise TypeError(f"{where}: a merge method takes at least one input model")
+    returns_annotation = _evaluate(signature.return_annotation, fn, where)
+    returns = space_of_annotation(returns_annotation) if returns_annotation is not signature.empty else None
+    if returns is None:
+        if any(i.space is SAME for i in inputs):
+            returns = SAME
+        else:
+            raise TypeError(f"{where}: annotate the return value with Weight, Delta or Same")
+    if returns is SAME and not any(i.space is SAME for i in inputs):
+        raise TypeError(f"{where}: returns Same but no input is annotated Same")
+    method = MergeMethod(name=name, function=fn, inputs=tuple(inputs), hypers=tuple(hypers),
+                         returns=returns, context=frozenset(context), takes_kwargs=takes_kwargs,
+                         elementwise=elementwise, doc=inspect.cleandoc(fn.__doc__ or ""))
+    return method
+
+
+def _evaluate(annotation: Any, fn: Callable[..., Any], where: str) -> Any:
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, getattr(fn, "__globals__", {}), {})  # noqa: S307 - the plugin's own annotation
+    except Exception as error:
+        raise TypeError(f"{where}: cannot evaluate annotation {annotation!r}: {error}") from None
+
+
+def _hyper_spec(name: str, annotation: Any, default: Any, where: str) -> HyperSpec:
+    if annotation is inspect.Parameter.empty:
+        kind = type(default)
+        if kind not in (float, int, bool, str):
+            raise TypeError(f"{where}: annotate hyperparameter {name!r} (float, int, bool, str or tuple[float, ...])")
+        return HyperSpec(name, kind, default)
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list, Sequence, typing.Sequence):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        element = args[0] if args else float
+        if element not in (float, int):
+            raise TypeError(f"{where}: per-model hyperparameter {name!r} must hold float or int")
+        return HyperSpec(name, element, tuple(default) if default is not None else None, per_model=True)
+    if annotation not in (float, int, bool, str):
+        raise TypeError(f"{where}: hyperparameter {name!r} has unsupported type {annotation!r}; "
+                        f"use float, int, bool, str or tuple[float, ...]")
+    return HyperSpec(name, annotation, default)
+
+
+def describe_mismatch(method: MergeMethod, input_name: str, expected: SpaceDecl, got: MergeSpace) -> str:
+    """The message for an input in the wrong space."""
+    return (f"merge method {method.name!r}: input {input_name!r} must be in {describe(expected)}, "
+            f"but it is in {describe(got)}")

@@ -1,0 +1,204 @@
+"""Writing a safetensors file as results arrive, atomically.
+
+The layout (every tensor's name, dtype and shape) is known before the first result, so the header is
+written first and each result goes straight to its offset with ``pwrite``, in whatever order the
+workers finish. Everything is written to a temporary file in the target folder; only a complete,
+flushed file is renamed over the target. On any failure, or Ctrl-C, the temporary file is removed
+and whatever was at the target stays untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import dtypes
+from .errors import MechaError
+
+TEMP_SUFFIX = ".mecha-tmp"
+
+
+def plan_layout(entries: Iterable[tuple[str, str, tuple[int, ...]]]) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """(name, torch dtype name, shape, start, end) per tensor, widest dtypes first so each is aligned."""
+    ordered = sorted(entries, key=lambda e: (-dtypes.itemsize(dtypes.code_of(e[1])), e[0]))
+    layout = []
+    offset = 0
+    for name, dtype_name, shape in ordered:
+        size = dtypes.itemsize(dtypes.code_of(dtype_name))
+        for dim in shape:
+            size *= dim
+        layout.append((name, dtype_name, tuple(shape), offset, offset + size))
+        offset += size
+    return layout
+
+
+def encode_header(layout: list[tuple[str, str, tuple[int, ...], int, int]], metadata: Mapping[str, str]) -> bytes:
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    for name, dtype_name, shape, start, end in layout:
+        header[name] = {"dtype": dtypes.code_of(dtype_name), "shape": list(shape), "data_offsets": [start, end]}
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-(8 + len(raw)) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def tensor_bytes(tensor: Any) -> memoryview:
+    """A zero-copy byte view of a contiguous CPU tensor (no numpy needed)."""
+    size = tensor.numel() * tensor.element_size()
+    if size == 0:
+        return memoryview(b"")
+    return memoryview((ctypes.c_char * size).from_address(tensor.data_ptr())).cast("B")
+
+
+class OutputFile:
+    """A safetensors file being written; use as a context manager, then :meth:`commit`."""
+
+    def __init__(self, path: str | os.PathLike[str], entries: Iterable[tuple[str, str, tuple[int, ...]]],
+                 metadata: Mapping[str, str], *, inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
+        self.path = Path(path)
+        self.layout = plan_layout(entries)
+        self.offsets = {name: (start, dtype_name) for name, dtype_name, _, start, _ in self.layout}
+        self.header = encode_header(self.layout, metadata)
+        self.total_size = len(self.header) + (self.layout[-1][4] if self.layout else 0)
+        self._check_target(inputs)
+        self._fd: int | None = None
+        self._temp: Path | None = None
+
+    def _check_target(self, inputs: Iterable[str | os.PathLike[str]]) -> None:
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise MechaError(f"output folder {str(folder)!r} does not exist; create it first")
+        if self.path.is_dir():
+            raise MechaError(f"output {str(self.path)!r} is a folder; give a file name")
+        for source in inputs:
+            source = Path(source)
+            same = self.path.resolve() == source.resolve()
+            if not same and self.path.exists():
+                try:
+                    same = os.path.samefile(self.path, source)
+                except OSError:
+                    same = False
+            if same:
+                raise MechaError(f"refusing to write the output over the input {str(source)!r}; choose another "
+                                 f"output name")
+
+    def __enter__(self) -> OutputFile:
+        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
+        self._fd, self._temp = fd, Path(temp)
+        try:
+            self._reserve()
+            self._pwrite(memoryview(self.header), 0)
+        except BaseException:
+            self.abort()
+            raise
+        return self
+
+    def _reserve(self) -> None:
+        """Claim the space up front so that a full disk fails now, not after minutes of merging."""
+        assert self._fd is not None
+        try:
+            os.posix_fallocate(self._fd, 0, self.total_size)
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise MechaError(f"not enough disk space in {str(self.path.parent)!r} for the "
+                                 f"{self.total_size / 1e9:.2f} GB output") from None
+            os.ftruncate(self._fd, self.total_size)  # file system without fallocate: a sparse file
+        except AttributeError:
+            os.ftruncate(self._fd, self.total_size)
+
+    def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
+        """Write a contiguous CPU tensor (or the part of one starting at `start_element`)."""
+        start, _ = self.offsets[name]
+        offset = len(self.header) + start + start_element * tensor.element_size()
+        self._pwrite(tensor_bytes(tensor), offset)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        if self._fd is None:
+            raise MechaError(f"{self.path}: the output was closed")
+        while data:
+            try:
+                written = os.pwrite(self._fd, data, offset)
+            except OSError as error:
+                if error.errno == errno.ENOSPC:
+                    raise MechaError(f"disk full while writing {str(self.path)!r}; nothing was written") from None
+                raise MechaError(f"cannot write {str(self.path)!r}: {error.strerror}") from None
+            data = data[written:]
+            offset += written
+
+    def commit(self) -> Path:
+        """Flush to disk and rename into place."""
+        assert self._fd is not None and self._temp is not None
+        os.fsync(self._fd)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(self._fd, 0o666 & ~mask)
+        os.close(self._fd)
+        self._fd = None
+        os.replace(self._temp, self.path)
+        self._temp = None
+        _fsync_folder(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the temporary file; the target is left as it was."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            finally:
+                self._fd = None
+        if self._temp is not None:
+            try:
+                self._temp.unlink()
+            except FileNotFoundError:
+                pass
+            self._temp = None
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._temp is not None:
+            self.abort()
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a small text file (a recipe) through a temporary file and a rename."""
+    if not path.parent.is_dir():
+        raise MechaError(f"output folder {str(path.parent)!r} does not exist; create it first")
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(tensors: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,
+                 *, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Write a dict of tensors as a safetensors file, atomically."""
+    entries = [(name, dtypes.name_of(t.dtype), tuple(t.shape)) for name, t in tensors.items()]
+    with OutputFile(path, entries, metadata or {}, inputs=inputs) as out:
+        for name, tensor in tensors.items():
+            out.write(name, tensor.detach().to("cpu").contiguous())
+        return out.commit()

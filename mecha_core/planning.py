@@ -1,0 +1,370 @@
+"""From a recipe to a merge plan, before any tensor is read.
+
+Planning opens every model's header, settles each model's type and architecture, re-checks merge
+spaces with what was detected, refuses mixed architectures, checks block/class hyperparameter names,
+and decides for every output key whether it is merged, copied or left out, with its shape and dtype.
+Only then does the scheduler read tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import dtypes, hyper
+from .architecture import GENERIC, Architecture, KeySpec, generic_architecture, generic_key_spec, pick_architecture
+from .errors import MechaError, MergeError, RecipeError
+from .merge_method import MergeMethod
+from .model_type import BASE, KeySource, ModelType, OutputEncoder
+from .plugins import Plugins
+from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, infer_space, resolve_model_path, walk
+from .spaces import MergeSpace
+from .tensor_files import DictTensors, TensorFile, open_tensor_file
+
+
+@dataclasses.dataclass(eq=False)
+class Leaf:
+    """A model of the recipe, opened: its file, type, architecture and key source."""
+
+    node: ModelNode
+    label: str
+    path: Path | None
+    file: TensorFile
+    type: ModelType
+    arch_name: str
+    note: str = ""
+    source: KeySource | None = None
+
+    @property
+    def space(self) -> MergeSpace:
+        return self.type.space
+
+
+@dataclasses.dataclass(eq=False)
+class Op:
+    """A node of the recipe bound to opened models: what the scheduler evaluates per key."""
+
+    space: MergeSpace
+    leaf: Leaf | None = None
+    method: MergeMethod | None = None
+    inputs: list[Op] = dataclasses.field(default_factory=list)
+    hypers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+    provider: str = ""
+
+
+@dataclasses.dataclass
+class KeyPlan:
+    """What happens to one output key."""
+
+    name: str
+    spec: KeySpec
+    shape: tuple[int, ...]
+    merge: bool
+    out_dtype: str
+    copy_from: Leaf | None = None
+    chunkable: bool = False
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeOptions:
+    """Everything about a merge besides the recipe."""
+
+    models_dirs: tuple[str, ...] = ()
+    threads: int = 1
+    device: str = "cpu"
+    work_dtype: str = "float32"
+    save_dtype: str = "float16"
+    fallback_model: RecipeNode | None = None
+    drop: tuple[str, ...] = ()
+    nonfinite: str = "warn"
+    save_as: str | None = None
+    save_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    chunk_bytes: int = 1 << 25
+    cache: dict[Any, Any] | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class MergePlan:
+    """A checked merge, ready to run."""
+
+    root: Op
+    architecture: Architecture
+    leaves: list[Leaf]
+    fallback: Leaf | None
+    keys: list[KeyPlan]
+    options: MergeOptions
+    encoder: OutputEncoder | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def close(self) -> None:
+        for leaf in self.leaves + ([self.fallback] if self.fallback else []):
+            (leaf.source or leaf.file).close()
+
+    def input_paths(self) -> list[Path]:
+        return [leaf.path for leaf in self.leaves + ([self.fallback] if self.fallback else []) if leaf.path]
+
+
+def plan_merge(recipe: RecipeNode, options: MergeOptions, plugins: Plugins) -> MergePlan:
+    """Check a recipe against its models and decide what happens to every key."""
+    holes = recipe.parameters()
+    if holes:
+        raise RecipeError(f"the recipe still has parameters to fill: {', '.join(sorted(holes))}; fill them with "
+                          f"compose() or `mecha compose`")
+    leaves_by_node: dict[int, Leaf] = {}
+    opened: list[Leaf] = []
+    try:
+        for node in recipe.models():
+            leaf = _open_leaf(node, options, plugins)
+            opened.append(leaf)
+            leaves_by_node[id(node)] = leaf
+        fallback = None
+        if options.fallback_model is not None:
+            fallback_node = options.fallback_model
+            if not isinstance(fallback_node, ModelNode):
+                raise RecipeError("the fallback model must be a single model, not a recipe")
+            fallback = _open_leaf(fallback_node, options, plugins)
+            opened.append(fallback)
+        leaves = [leaves_by_node[id(node)] for node in recipe.models()]
+        _check_spaces(recipe, leaves_by_node)
+        architecture = _settle_architecture(leaves + ([fallback] if fallback else []), plugins)
+        for leaf in leaves + ([fallback] if fallback else []):
+            leaf.source = leaf.type.open(leaf.file, architecture)
+        root = _bind(recipe, leaves_by_node, plugins)
+        _check_hyper_dicts(recipe, architecture)
+        encoder = _encoder(root, architecture, options, plugins)
+        notes: list[str] = []
+        keys = _plan_keys(root, architecture, leaves, fallback, options, encoder, notes)
+    except BaseException:
+        for leaf in opened:
+            (leaf.source or leaf.file).close()
+        raise
+    return MergePlan(root, architecture, leaves, fallback, keys, options, encoder, notes)
+
+
+def _open_leaf(node: ModelNode, options: MergeOptions, plugins: Plugins) -> Leaf:
+    if node.is_dict:
+        file: TensorFile = DictTensors(node.source)  # type: ignore[arg-type]
+        path = None
+    else:
+        path = resolve_model_path(str(node.source), options.models_dirs)
+        file = open_tensor_file(path)
+    try:
+        model_type, arch_name, note = detect_model(file, plugins, arch=node.arch, model_type=node.type)
+    except BaseException:
+        file.close()
+        raise
+    return Leaf(node, file.label, path, file, model_type, arch_name, note)
+
+
+def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None,
+                 model_type: str | None = None) -> tuple[ModelType, str, str]:
+    """The model type and architecture of an opened file, as given or detected, with a note on why
+    no architecture fits when the generic one is used."""
+    architectures = {name: plugins.architectures.get(name) for name in plugins.architectures}
+    if arch is not None and arch != GENERIC:
+        plugins.architectures.get(arch)
+    if model_type is not None:
+        given_type = plugins.model_types.get(model_type)
+        if arch is not None:
+            return given_type, arch, ""
+        if given_type.detect is not None:
+            arch_name = given_type.detect(file, architectures)
+            if arch_name is None:
+                raise MechaError(f"{file.label}: does not look like a {given_type.name} model; check type={given_type.name!r}")
+            return given_type, arch_name, ""
+        found_type = given_type
+    else:
+        claims = []
+        for name in plugins.model_types:
+            candidate = plugins.model_types.get(name)
+            if candidate.detect is None:
+                continue
+            try:
+                arch_name = candidate.detect(file, architectures)
+            except MechaError:
+                raise
+            except Exception as error:
+                provider = plugins.provider("model_types", name)
+                raise MechaError(f"{file.label}: model type {name!r} from plugin {provider.label} failed to "
+                                 f"inspect the file: {type(error).__name__}: {error}") from error
+            if arch_name is not None:
+                claims.append((candidate, arch_name))
+        if len(claims) > 1:
+            names = ", ".join(c.name for c, _ in claims)
+            raise MechaError(f"{file.label}: several model types claim this file ({names}); pass type= explicitly")
+        if claims:
+            claimed_type, arch_name = claims[0]
+            return claimed_type, arch or arch_name, ""
+        found_type = plugins.model_types.get(BASE)
+    if arch is not None:
+        if arch != GENERIC and file.tensors and architectures[arch].match(file.tensors).present == 0:
+            raise MechaError(f"{file.label}: none of its keys belong to architecture {arch!r}; check arch={arch!r}")
+        return found_type, arch, ""
+    picked, note = pick_architecture(list(architectures.values()), file.tensors)
+    return found_type, picked.name if picked else GENERIC, note
+
+
+def _check_spaces(recipe: RecipeNode, leaves: Mapping[int, Leaf]) -> None:
+    spaces: dict[int, MergeSpace | None] = {}
+    for node in walk(recipe):
+        if isinstance(node, ModelNode):
+            spaces[id(node)] = leaves[id(node)].space
+        elif isinstance(node, MergeNode):
+            spaces[id(node)] = infer_space(node.method, node.inputs, [spaces[id(i)] for i in node.inputs])
+
+
+def _settle_architecture(leaves: Sequence[Leaf], plugins: Plugins) -> Architecture:
+    names = {leaf.arch_name for leaf in leaves}
+    if len(names) > 1:
+        described = []
+        for name in sorted(names):
+            leaf = next(leaf for leaf in leaves if leaf.arch_name == name)
+            what = f"is {name}" if name != GENERIC else f"is not a known architecture ({leaf.note})"
+            described.append(f"{leaf.label} {what}")
+        raise MergeError("cannot merge models of different architectures: " + "; ".join(described))
+    name = names.pop()
+    if name == GENERIC:
+        return generic_architecture(leaf.file.tensors for leaf in leaves)
+    return plugins.architectures.get(name)
+
+
+def _bind(recipe: RecipeNode, leaves: Mapping[int, Leaf], plugins: Plugins) -> Op:
+    ops: dict[int, Op] = {}
+    for node in walk(recipe):
+        if isinstance(node, ModelNode):
+            leaf = leaves[id(node)]
+            ops[id(node)] = Op(space=leaf.space, leaf=leaf)
+        elif isinstance(node, MergeNode):
+            inputs = [ops[id(i)] for i in node.inputs]
+            space = infer_space(node.method, node.inputs, [i.space for i in inputs])
+            assert space is not None
+            provider = ""
+            if node.method.name in plugins.merge_methods and plugins.merge_methods.get(node.method.name) is node.method:
+                provider = plugins.provider("merge_methods", node.method.name).label
+            ops[id(node)] = Op(space=space, method=node.method, inputs=inputs, hypers=dict(node.hypers),
+                               device=node.device, dtype=node.dtype, provider=provider)
+        elif isinstance(node, ParameterNode):  # pragma: no cover - refused earlier
+            raise RecipeError(f"unfilled parameter {node.name!r}")
+    return ops[id(recipe)]
+
+
+def _check_hyper_dicts(recipe: RecipeNode, architecture: Architecture) -> None:
+    for node in walk(recipe):
+        if not isinstance(node, MergeNode):
+            continue
+        for name, value in node.hypers.items():
+            values = value if isinstance(value, tuple) else (value,)
+            for item in values:
+                if isinstance(item, Mapping):
+                    hyper.check_dict(item, architecture, f"merge method {node.method.name!r}, hyperparameter {name!r}")
+
+
+def _encoder(root: Op, architecture: Architecture, options: MergeOptions, plugins: Plugins) -> OutputEncoder | None:
+    if options.save_as is None or options.save_as == BASE:
+        return None
+    model_type = plugins.model_types.get(options.save_as)
+    if model_type.encoder is None:
+        raise MechaError(f"model type {model_type.name!r} cannot be saved to (it has no encoder)")
+    if root.space != model_type.space:
+        hint = " (subtract(finetune, base) gives one)" if model_type.space == MergeSpace.DELTA else ""
+        raise MechaError(f"saving as {model_type.name} needs a recipe in {model_type.space.value} space{hint}; "
+                         f"this recipe is in {root.space.value} space")
+    return model_type.encoder(architecture, dict(options.save_options))
+
+
+def provides(op: Op, key: str, memo: dict[int, bool]) -> bool:
+    """Whether `op` yields a value for `key`: all inputs have it, or an input in its own space does."""
+    known = memo.get(id(op))
+    if known is not None:
+        return known
+    if op.leaf is not None:
+        assert op.leaf.source is not None
+        result = key in op.leaf.source.keys()
+    else:
+        have = [provides(i, key, memo) for i in op.inputs]
+        result = all(have) or any(h and i.space == op.space for h, i in zip(have, op.inputs))
+    memo[id(op)] = result
+    return result
+
+
+def _tree_chunkable(root: Op) -> bool:
+    stack, seen = [root], set()
+    while stack:
+        op = stack.pop()
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        if op.leaf is not None:
+            if not getattr(op.leaf.source, "supports_ranges", False):
+                return False
+        else:
+            assert op.method is not None
+            if not op.method.elementwise or op.method.wants_generator or "cache" in op.method.context:
+                return False
+            stack.extend(op.inputs)
+    return True
+
+
+def _plan_keys(root: Op, architecture: Architecture, leaves: list[Leaf], fallback: Leaf | None,
+               options: MergeOptions, encoder: OutputEncoder | None, notes: list[str]) -> list[KeyPlan]:
+    order: dict[str, None] = {}
+    sources = ([fallback] if fallback else []) + leaves
+    for leaf in leaves + ([fallback] if fallback else []):
+        assert leaf.source is not None
+        order.update(dict.fromkeys(leaf.source.keys()))
+    chunkable = encoder is None and _tree_chunkable(root)
+    plans: list[KeyPlan] = []
+    dropped = unknown_keys = orphaned = 0
+    for key in order:
+        spec = architecture.key_specs.get(key)
+        holders = [leaf for leaf in sources if key in leaf.source.keys()]  # type: ignore[union-attr]
+        infos = [(leaf, leaf.source.info(key)) for leaf in holders]  # type: ignore[union-attr]
+        first = infos[0][1]
+        if spec is None:
+            unknown_keys += 1
+            spec = dataclasses.replace(generic_key_spec(key, first.shape, first.torch_dtype_name), merged=False)
+        if _dropped(key, spec, options.drop):
+            dropped += 1
+            continue
+        shapes = {info.shape for _, info in infos}
+        if len(shapes) > 1:
+            listed = ", ".join(f"{leaf.label} {list(info.shape)}" for leaf, info in infos)
+            raise MergeError(f"key {key!r} has different shapes in the inputs: {listed}")
+        mergeable = spec.merged and dtypes.is_float_name(first.torch_dtype_name)
+        if mergeable and provides(root, key, {}):
+            plans.append(KeyPlan(key, spec, first.shape, True, options.save_dtype, chunkable=chunkable))
+            continue
+        if encoder is not None or root.space != MergeSpace.WEIGHT:
+            orphaned += 1
+            continue
+        donor = next((leaf for leaf in holders if leaf.space == MergeSpace.WEIGHT), None)
+        if donor is None:
+            orphaned += 1
+            continue
+        stored = donor.source.info(key)  # type: ignore[union-attr]
+        plans.append(KeyPlan(key, spec, stored.shape, False, stored.torch_dtype_name, copy_from=donor))
+    if unknown_keys:
+        notes.append(f"{unknown_keys} keys unknown to {architecture.name} were copied unchanged")
+    if dropped:
+        notes.append(f"{dropped} keys dropped by --drop")
+    if orphaned:
+        notes.append(f"{orphaned} keys left out: no input could provide them in the output's space")
+    if not plans:
+        raise MergeError("the merge would produce no keys: the inputs share none that the recipe can compute")
+    return plans
+
+
+def _dropped(key: str, spec: KeySpec, patterns: Sequence[str]) -> bool:
+    return any(spec.component == p or fnmatch.fnmatchcase(key, p) for p in patterns)

@@ -1,0 +1,310 @@
+"""Finding, loading and listing plugins; the registries built from what they return.
+
+Plugins are entry points of the group ``mecha``. They are loaded on first use, one at a time: a plugin
+that fails to import, implements a hook that does not exist, or raises when asked for its objects is
+reported as one warning naming it and its distribution, and everything else keeps working
+(``MECHA_STRICT_PLUGINS=1`` makes that an error). ``MECHA_LOAD_PLUGINS`` is an allow-list of plugin
+names (empty: none). The core's own built-ins are registered exactly like a third-party plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib
+import importlib.metadata
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+import pluggy
+
+from . import hookspecs
+from .architecture import Architecture
+from .cli_command import CliCommand
+from .errors import PluginError, unknown
+from .merge_method import MergeMethod
+from .model_type import ModelType
+
+ENTRY_POINT_GROUP = "mecha"
+CORE_PLUGINS = ("mecha_core.builtin",)
+T = TypeVar("T")
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded or used; the rest of mecha keeps working."""
+
+
+@dataclasses.dataclass
+class PluginRecord:
+    """What ``mecha plugins`` shows about one plugin."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    status: str = "active"
+    hooks: list[str] = dataclasses.field(default_factory=list)
+    provides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if self.distribution:
+            return f"{self.name!r} ({self.distribution} {self.version or '?'})"
+        return repr(self.name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Registry(Generic[T]):
+    """Named objects of one kind, each with the plugin that provided it."""
+
+    def __init__(self, kind: str, failed: Callable[[], list[str]]) -> None:
+        self.kind = kind
+        self.items: dict[str, T] = {}
+        self.providers: dict[str, str] = {}
+        self._failed = failed
+
+    def get(self, name: str) -> T:
+        try:
+            return self.items[name]
+        except KeyError:
+            failed = self._failed()
+            extra = f" (plugins that failed to load: {', '.join(failed)})" if failed else ""
+            raise PluginError(unknown(self.kind, name, self.items) + extra) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.items))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def values(self) -> list[T]:
+        return [self.items[name] for name in self]
+
+
+_HOOKS: dict[str, tuple[str, str, type]] = {
+    "merge_methods": ("mecha_merge_methods", "merge method", MergeMethod),
+    "architectures": ("mecha_architectures", "architecture", Architecture),
+    "model_types": ("mecha_model_types", "model type", ModelType),
+    "cli_commands": ("mecha_cli_commands", "CLI command", CliCommand),
+}
+
+
+class Plugins:
+    """A loaded plugin set: the pluggy manager, what each plugin is, and the registries."""
+
+    def __init__(self, manager: pluggy.PluginManager, records: dict[str, PluginRecord], *, strict: bool) -> None:
+        self.manager = manager
+        self.records = records
+        self.strict = strict
+        self._lock = threading.RLock()
+        self._registries: dict[str, Registry[Any]] = {}
+
+    # registries -------------------------------------------------------------------------------
+    @property
+    def merge_methods(self) -> Registry[MergeMethod]:
+        return self._registry("merge_methods")
+
+    @property
+    def architectures(self) -> Registry[Architecture]:
+        return self._registry("architectures")
+
+    @property
+    def model_types(self) -> Registry[ModelType]:
+        return self._registry("model_types")
+
+    @property
+    def cli_commands(self) -> Registry[CliCommand]:
+        return self._registry("cli_commands")
+
+    def _registry(self, attribute: str) -> Registry[Any]:
+        with self._lock:
+            if attribute not in self._registries:
+                self._registries[attribute] = self._build(attribute)
+            return self._registries[attribute]
+
+    def _build(self, attribute: str) -> Registry[Any]:
+        hook_name, kind, spec_type = _HOOKS[attribute]
+        registry: Registry[Any] = Registry(kind, self.failed)
+        hook = getattr(self.manager.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            record = self.records.get(impl.plugin_name) or PluginRecord(impl.plugin_name)
+            if not record.status.startswith("active"):
+                continue
+            try:
+                items = list(impl.function() or ())
+                for item in items:
+                    if not isinstance(item, spec_type):
+                        raise TypeError(f"{hook_name}() returned {item!r}, expected {spec_type.__name__} objects")
+            except Exception as error:
+                self._fail(record, f"{hook_name}() raised {type(error).__name__}: {error}")
+                continue
+            for item in items:
+                if item.name in registry.items:
+                    other = self.records.get(registry.providers[item.name]) or PluginRecord(registry.providers[item.name])
+                    raise PluginError(f"{kind} {item.name!r} is provided by both {other.label} and {record.label}; "
+                                      f"uninstall one of them or limit MECHA_LOAD_PLUGINS")
+                registry.items[item.name] = item
+                registry.providers[item.name] = record.name
+                record.provides.setdefault(attribute, []).append(item.name)
+        return registry
+
+    def _fail(self, record: PluginRecord, reason: str) -> None:
+        record.status = f"failed: {reason}"
+        message = f"plugin {record.label} failed: {reason}"
+        if self.strict:
+            raise PluginError(message + " (MECHA_STRICT_PLUGINS is set)")
+        warnings.warn(message, PluginWarning, stacklevel=2)
+
+    def failed(self) -> list[str]:
+        return [r.name for r in self.records.values() if r.status.startswith("failed")]
+
+    def provider(self, attribute: str, name: str) -> PluginRecord:
+        """The record of the plugin that provided `name` in registry `attribute`."""
+        plugin = self._registry(attribute).providers[name]
+        return self.records.get(plugin) or PluginRecord(plugin)
+
+    def load_all_registries(self) -> None:
+        """Build every registry, so that `records` tells what each plugin provides."""
+        for attribute in _HOOKS:
+            self._registry(attribute)
+
+    def register(self, plugin: object, name: str | None = None) -> str:
+        """Register a plugin object (a module or any object with hook functions) after loading.
+
+        For tests and scripts; registries are rebuilt on next use.
+        """
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        with self._lock:
+            self.records[name] = _register(self.manager, plugin, name, PluginRecord(name), self)
+            self._registries.clear()
+        return name
+
+
+def _register(manager: pluggy.PluginManager, plugin: object, name: str, record: PluginRecord,
+              plugins: Plugins | None = None, strict: bool = False) -> PluginRecord:
+    try:
+        manager.register(plugin, name=name)
+        manager.check_pending()
+    except Exception as error:
+        with contextlib.suppress(Exception):
+            manager.unregister(name=name)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, pluggy.PluginValidationError):
+            reason = f"invalid hook implementation: {reason}"
+        record.status = f"failed: {reason}"
+        _report(record, strict or (plugins.strict if plugins else False))
+        return record
+    record.hooks = sorted(impl.name for impl in manager.get_hookcallers(plugin) or ())
+    return record
+
+
+def _report(record: PluginRecord, strict: bool) -> None:
+    message = f"plugin {record.label} {record.status}"
+    if strict:
+        raise PluginError(message + " (MECHA_STRICT_PLUGINS is set)")
+    warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def create_manager() -> pluggy.PluginManager:
+    """A plugin manager knowing mecha's hooks and nothing else."""
+    manager = pluggy.PluginManager("mecha")
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def load_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None = None, *,
+                 builtins: Iterable[str] = CORE_PLUGINS, allow: Iterable[str] | None = None,
+                 strict: bool | None = None) -> Plugins:
+    """Build a plugin set: the core built-ins, then each allowed entry point, one at a time.
+
+    `entry_points` defaults to the installed ones of group ``mecha``; `allow` to
+    ``MECHA_LOAD_PLUGINS``; `strict` to ``MECHA_STRICT_PLUGINS``.
+    """
+    if strict is None:
+        strict = os.environ.get("MECHA_STRICT_PLUGINS", "").strip().lower() not in ("", "0", "false", "no")
+    if allow is None and "MECHA_LOAD_PLUGINS" in os.environ:
+        allow = [n.strip() for n in os.environ["MECHA_LOAD_PLUGINS"].split(",") if n.strip()]
+    manager = create_manager()
+    plugins = Plugins(manager, {}, strict=strict)
+    core_version = _version("mecha-core")
+    for module_name in builtins:
+        record = PluginRecord("core" if module_name == "mecha_core.builtin" else module_name,
+                              "mecha-core", core_version)
+        plugins.records[record.name] = _register(manager, importlib.import_module(module_name), record.name,
+                                                 record, plugins)
+    if entry_points is None:
+        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    allowed = set(allow) if allow is not None else None
+    for entry_point in sorted(entry_points, key=lambda ep: ep.name):
+        dist = getattr(entry_point, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else None
+        if allowed is not None and entry_point.name not in allowed and dist_name not in allowed:
+            continue
+        record = PluginRecord(entry_point.name, dist_name, dist.version if dist is not None else None)
+        if entry_point.name in plugins.records:
+            record.status = f"failed: the plugin name {entry_point.name!r} is already taken by {plugins.records[entry_point.name].label}"
+            plugins.records[f"{entry_point.name} ({dist_name})"] = record
+            _report(record, strict)
+            continue
+        plugins.records[record.name] = record
+        try:
+            plugin = entry_point.load()
+        except Exception as error:
+            record.status = f"failed: cannot import {entry_point.value}: {type(error).__name__}: {error}"
+            _report(record, strict)
+            continue
+        _register(manager, plugin, entry_point.name, record, plugins)
+    if allowed:
+        missing = sorted(allowed - {r.name for r in plugins.records.values()}
+                         - {r.distribution for r in plugins.records.values()})
+        if missing:
+            warnings.warn(f"MECHA_LOAD_PLUGINS names plugins that are not installed: {', '.join(missing)}",
+                          PluginWarning, stacklevel=2)
+    return plugins
+
+
+@functools.cache
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+_current: Plugins | None = None
+_current_lock = threading.Lock()
+
+
+def get_plugins() -> Plugins:
+    """The plugin set in use, loaded on first call."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = load_plugins()
+        return _current
+
+
+def set_plugins(plugins: Plugins | None) -> Plugins | None:
+    """Replace the plugin set in use (None: reload on next use); returns the previous one."""
+    global _current
+    with _current_lock:
+        previous, _current = _current, plugins
+        return previous
+
+
+@contextlib.contextmanager
+def using_plugins(plugins: Plugins) -> Iterator[Plugins]:
+    """Use `plugins` inside a ``with`` block, then restore the previous set."""
+    previous = set_plugins(plugins)
+    try:
+        yield plugins
+    finally:
+        set_plugins(previous)

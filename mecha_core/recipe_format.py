@@ -1,0 +1,309 @@
+"""The ``.mecha`` text format: one instruction a line, ``&N`` is the value built by instruction N.
+
+Reads the original sd-mecha 0.0.x grammar unchanged::
+
+    model "a.safetensors" "sd1" "base"
+    parameter "b" "DELTA"
+    dict sd1_unet_default=0.5 sd1_txt_block_in2=0.75
+    merge "add_difference" &0 &1 alpha=&2
+
+and extends it: ``arch``/``type`` optional or as keywords (``model "a" arch="sd1"``), ``#`` comments,
+blank lines, ``\\"`` escapes, ``true``/``false``, lists ``[0.5, &2]`` for per-model hyperparameters,
+``device=``/``dtype=`` on a ``merge``, ``call`` as a synonym of ``merge``, and a ``version`` line
+first. ``&N`` counts instructions from 0; comments, blank lines and the version line are not
+instructions. The last instruction is the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import MechaError, RecipeError, RecipeSyntaxError
+from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, walk
+
+FORMAT_VERSION = "1"
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_SPECIAL = set('="[],#')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Token:
+    kind: str  # string, number, ref, bool, word, punct
+    value: Any
+    text: str
+
+
+class _LineError(Exception):
+    pass
+
+
+def _tokenize(line: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i = 0
+    while i < len(line):
+        char = line[i]
+        if char.isspace():
+            i += 1
+        elif char == "#":
+            break
+        elif char == '"':
+            value, i = _read_string(line, i)
+            tokens.append(_Token("string", value, '"..."'))
+        elif char in _SPECIAL:
+            tokens.append(_Token("punct", char, char))
+            i += 1
+        else:
+            start = i
+            while i < len(line) and not line[i].isspace() and line[i] not in _SPECIAL:
+                i += 1
+            tokens.append(_classify(line[start:i]))
+    return tokens
+
+
+def _read_string(line: str, start: int) -> tuple[str, int]:
+    out = []
+    i = start + 1
+    while i < len(line):
+        char = line[i]
+        if char == "\\":
+            if i + 1 >= len(line):
+                break
+            out.append(line[i + 1])
+            i += 2
+        elif char == '"':
+            return "".join(out), i + 1
+        else:
+            out.append(char)
+            i += 1
+    raise _LineError("unterminated string: a double quote is missing")
+
+
+def _classify(text: str) -> _Token:
+    if text.startswith("&"):
+        if not text[1:].isdigit():
+            raise _LineError(f"bad reference {text!r}: expected & followed by an instruction number, like &0")
+        return _Token("ref", int(text[1:]), text)
+    if _NUMBER.match(text):
+        is_int = re.match(r"^[+-]?\d+$", text) is not None
+        return _Token("number", int(text) if is_int else float(text), text)
+    if text in ("true", "false"):
+        return _Token("bool", text == "true", text)
+    if _WORD.match(text):
+        return _Token("word", text, text)
+    raise _LineError(f"unexpected text {text!r}")
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.values: list[Any] = []
+        self.instruction_lines: list[int] = []
+        self.version: str | None = None
+
+    def parse(self, text: str) -> RecipeNode:
+        lines = text.splitlines()
+        for number, line in enumerate(lines, 1):
+            try:
+                tokens = _tokenize(line)
+                if tokens:
+                    self._instruction(tokens, number)
+            except _LineError as error:
+                raise RecipeSyntaxError(str(error), line_number=number, line=line, source=self.source) from None
+            except MechaError as error:
+                raise RecipeSyntaxError(str(error), line_number=number, line=line, source=self.source) from None
+        if not self.values:
+            raise RecipeSyntaxError("the recipe is empty: it has no instruction", source=self.source)
+        result = self.values[-1]
+        if not isinstance(result, RecipeNode):
+            number = self.instruction_lines[-1]
+            raise RecipeSyntaxError("the last instruction must be a model, a parameter or a merge, not a dict",
+                                    line_number=number, line=lines[number - 1], source=self.source)
+        return result
+
+    def _instruction(self, tokens: list[_Token], number: int) -> None:
+        head = tokens[0]
+        if head.kind != "word":
+            raise _LineError(f"an instruction starts with a command (model, parameter, merge, dict), not {head.text!r}")
+        command = head.value
+        if command == "version":
+            if self.values or self.version is not None:
+                raise _LineError("'version' may only be the first line")
+            if len(tokens) != 2:
+                raise _LineError("expected: version NUMBER")
+            self.version = str(tokens[1].value)
+            return
+        args, kwargs = self._arguments(tokens[1:])
+        if command == "model":
+            value: Any = self._model(args, kwargs)
+        elif command == "parameter":
+            value = self._parameter(args, kwargs)
+        elif command in ("merge", "call"):
+            value = self._merge(args, kwargs)
+        elif command == "dict":
+            if args:
+                raise _LineError("dict takes only name=value pairs")
+            value = kwargs
+        else:
+            from .errors import suggest
+            raise _LineError(f"unknown command {command!r}; {suggest(command, ['model', 'parameter', 'merge', 'dict'], what='command')}")
+        self.values.append(value)
+        self.instruction_lines.append(number)
+
+    def _arguments(self, tokens: list[_Token]) -> tuple[list[Any], dict[str, Any]]:
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        i = 0
+        while i < len(tokens):
+            token = tokens[i]
+            if token.kind == "word" and i + 1 < len(tokens) and tokens[i + 1].text == "=":
+                if i + 2 >= len(tokens):
+                    raise _LineError(f"expected a value after '{token.value}='")
+                if token.value in kwargs:
+                    raise _LineError(f"{token.value!r} is given twice")
+                kwargs[token.value], i = self._value(tokens, i + 2)
+            else:
+                if kwargs:
+                    raise _LineError(f"positional value {token.text!r} after name=value arguments")
+                value, i = self._value(tokens, i)
+                args.append(value)
+        return args, kwargs
+
+    def _value(self, tokens: list[_Token], i: int) -> tuple[Any, int]:
+        token = tokens[i]
+        if token.kind in ("string", "number", "bool"):
+            return token.value, i + 1
+        if token.kind == "ref":
+            if token.value >= len(self.values):
+                available = f"&0..&{len(self.values) - 1}" if self.values else "none yet"
+                raise _LineError(f"reference &{token.value} points to a later or missing instruction "
+                                 f"(available here: {available})")
+            return self.values[token.value], i + 1
+        if token.text == "[":
+            items = []
+            i += 1
+            while i < len(tokens) and tokens[i].text != "]":
+                item, i = self._value(tokens, i)
+                items.append(item)
+                if i < len(tokens) and tokens[i].text == ",":
+                    i += 1
+            if i >= len(tokens):
+                raise _LineError("unterminated list: a ']' is missing")
+            return items, i + 1
+        raise _LineError(f"unexpected {token.text!r}; expected a value (number, \"string\", &N, true, false, [list])")
+
+    def _model(self, args: list[Any], kwargs: dict[str, Any]) -> ModelNode:
+        if not args or not isinstance(args[0], str):
+            raise _LineError('expected: model "path" ["arch" ["type"]]')
+        if len(args) > 3:
+            raise _LineError('too many values; expected: model "path" ["arch" ["type"]]')
+        unknown = set(kwargs) - {"arch", "type"}
+        if unknown:
+            raise _LineError(f"unknown option {sorted(unknown)[0]!r} for model; expected arch= or type=")
+        arch = kwargs.get("arch", args[1] if len(args) > 1 else None)
+        model_type = kwargs.get("type", args[2] if len(args) > 2 else None)
+        for name, value in (("arch", arch), ("type", model_type)):
+            if value is not None and not isinstance(value, str):
+                raise _LineError(f"{name} must be a string")
+        return ModelNode(args[0], arch, model_type)
+
+    def _parameter(self, args: list[Any], kwargs: dict[str, Any]) -> ParameterNode:
+        if not args or not isinstance(args[0], str) or len(args) > 2:
+            raise _LineError('expected: parameter "name" ["weight"|"delta"]')
+        space = kwargs.pop("space", args[1] if len(args) > 1 else "weight")
+        if kwargs:
+            raise _LineError(f"unknown option {sorted(kwargs)[0]!r} for parameter")
+        return ParameterNode(args[0], space)
+
+    def _merge(self, args: list[Any], kwargs: dict[str, Any]) -> MergeNode:
+        if not args or not isinstance(args[0], str):
+            raise _LineError('expected: merge "method" &0 &1 name=value ...')
+        from .plugins import get_plugins
+        method = get_plugins().merge_methods.get(args[0])
+        inputs = []
+        for position, value in enumerate(args[1:], 1):
+            if not isinstance(value, RecipeNode):
+                raise _LineError(f"input {position} of {args[0]!r} must be a reference to a model or merge (&N), "
+                                 f"got {value!r}")
+            inputs.append(value)
+        device = kwargs.pop("device", None)
+        dtype = kwargs.pop("dtype", None)
+        return method(*inputs, device=device, dtype=dtype, **kwargs)
+
+
+def deserialize(recipe: str | os.PathLike[str], *, source: str | None = None) -> RecipeNode:
+    """A recipe from ``.mecha`` text, or from the path of a ``.mecha`` file.
+
+    A string holding no newline that names an existing file is read as a path.
+    """
+    if isinstance(recipe, os.PathLike) or ("\n" not in recipe and (recipe.endswith(".mecha") or os.path.isfile(recipe))):
+        path = Path(recipe)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError(f"{path}: no such recipe file") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"{path}: not a text file (expected a .mecha recipe)") from None
+        except OSError as error:
+            raise RecipeError(f"{path}: cannot read: {error.strerror}") from None
+        return _Parser(source or str(path)).parse(text)
+    return _Parser(source or "recipe").parse(recipe)
+
+
+def serialize(recipe: RecipeNode) -> str:
+    """The ``.mecha`` text of a recipe: a version line, then one instruction per distinct node."""
+    lines: list[str] = []
+    refs: dict[int, str] = {}
+    index_of: dict[str, str] = {}
+
+    def add(line: str) -> str:
+        if line not in index_of:
+            lines.append(line)
+            index_of[line] = f"&{len(lines) - 1}"
+        return index_of[line]
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise RecipeError(f"cannot write the non-finite number {v} in a recipe")
+            return repr(v)
+        if isinstance(v, str):
+            return _quote(v)
+        if isinstance(v, Mapping):
+            return add("dict " + " ".join(f"{k}={value(x)}" for k, x in v.items()))
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise RecipeError(f"cannot write {type(v).__name__} {v!r} in a recipe")
+
+    for node in walk(recipe):
+        if isinstance(node, ModelNode):
+            if node.is_dict:
+                raise RecipeError("an in-memory model cannot be written to a .mecha recipe; save it to a "
+                                  ".safetensors file and use its path")
+            line = "model " + _quote(str(node.source))
+            line += "".join(f" {k}={_quote(v)}" for k, v in (("arch", node.arch), ("type", node.type)) if v)
+        elif isinstance(node, ParameterNode):
+            line = f"parameter {_quote(node.name)} {_quote(node.space.value)}"
+        elif isinstance(node, MergeNode):
+            parts = ["merge", _quote(node.method.name)] + [refs[id(i)] for i in node.inputs]
+            parts += [f"{k}={value(v)}" for k, v in node.hypers.items() if v is not None]
+            parts += [f"{k}={_quote(v)}" for k, v in (("device", node.device), ("dtype", node.dtype)) if v]
+            line = " ".join(parts)
+        else:
+            raise RecipeError(f"cannot serialize {node!r}")
+        refs[id(node)] = add(line)
+    return "\n".join([f"version {FORMAT_VERSION}"] + lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,251 @@
+"""The streaming key scheduler: evaluate the recipe one key at a time, on several threads.
+
+For each output key, the recipe tree is evaluated for that key only: the input tensors it needs are
+read (zero-copy views of the files), converted to the work dtype, passed through the merge methods,
+cast to the save dtype and written; then everything for the key is freed. A node used twice in the
+tree is computed once per key. When every method in the tree is elementwise, large tensors are
+processed in flat chunks sized so that all inputs of one chunk fit a fixed budget: memory then
+depends neither on the number of models nor on the largest tensor.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from . import dtypes
+from .errors import MechaError, MergeError
+from .hyper import resolve
+from .planning import KeyPlan, MergePlan, Op, provides
+
+Progress = Callable[[KeyPlan, int], None]
+
+
+class Sink:
+    """Where results go: a file being written or a dict."""
+
+    def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
+        raise NotImplementedError
+
+
+class DictSink(Sink):
+    def __init__(self, layout: list[tuple[str, str, tuple[int, ...]]]) -> None:
+        import torch
+        self.tensors: dict[str, Any] = {}
+        self._layout = {name: (dtype_name, shape) for name, dtype_name, shape in layout}
+        self._torch = torch
+
+    def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
+        dtype_name, shape = self._layout[name]
+        if start_element == 0 and tensor.numel() == _numel(shape):
+            self.tensors[name] = tensor.reshape(shape).clone()
+            return
+        target = self.tensors.get(name)
+        if target is None:
+            target = self.tensors[name] = self._torch.empty(shape, dtype=dtypes.to_torch(dtype_name))
+        target.view(-1)[start_element:start_element + tensor.numel()].copy_(tensor.reshape(-1))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class KeyRunner:
+    """Evaluates the plan's recipe for one key at a time; safe to call from several threads."""
+
+    def __init__(self, plan: MergePlan, sink: Sink) -> None:
+        import torch
+        self.torch = torch
+        self.plan = plan
+        self.sink = sink
+        self.options = plan.options
+        self.cancelled = threading.Event()
+        self.nonfinite: list[str] = []
+        self._lock = threading.Lock()
+        self.uses: dict[int, int] = {}
+        self._count_uses(plan.root)
+        leaves = sum(1 for op in self._ops() if op.leaf is not None)
+        item = torch.empty((), dtype=dtypes.to_torch(self.options.work_dtype)).element_size()
+        per_element = item * (len(self.uses) + leaves + 2)
+        self.chunk = max(1 << 16, self.options.chunk_bytes // per_element)
+
+    def _ops(self) -> list[Op]:
+        seen: dict[int, Op] = {}
+        stack = [self.plan.root]
+        while stack:
+            op = stack.pop()
+            if id(op) not in seen:
+                seen[id(op)] = op
+                stack.extend(op.inputs)
+        return list(seen.values())
+
+    def _count_uses(self, root: Op) -> None:
+        for op in self._ops():
+            self.uses.setdefault(id(op), 0)
+            for child in op.inputs:
+                self.uses[id(child)] = self.uses.get(id(child), 0) + 1
+
+    # one key ------------------------------------------------------------------------------------
+    def run(self, plan: KeyPlan) -> int:
+        """Compute and write one key; returns the bytes written."""
+        if self.cancelled.is_set():
+            raise _Cancelled()
+        if not plan.merge:
+            assert plan.copy_from is not None and plan.copy_from.source is not None
+            tensor = plan.copy_from.source.read(plan.name)
+            self.sink.write(plan.name, tensor.contiguous())
+            return tensor.numel() * tensor.element_size()
+        encoder = self.plan.encoder
+        if encoder is not None:
+            result = self._evaluate(plan, None)
+            written = 0
+            for (name, dtype_name, _), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
+                out = tensor.to(device="cpu", dtype=dtypes.to_torch(dtype_name)).contiguous()
+                self.sink.write(name, out)
+                written += out.numel() * out.element_size()
+            return written
+        out_dtype = dtypes.to_torch(plan.out_dtype)
+        if plan.chunkable and plan.numel > self.chunk:
+            written = 0
+            for start in range(0, plan.numel, self.chunk):
+                if self.cancelled.is_set():
+                    raise _Cancelled()
+                stop = min(start + self.chunk, plan.numel)
+                out = self._evaluate(plan, (start, stop)).to(device="cpu", dtype=out_dtype).contiguous()
+                self._check_finite(plan, out)
+                self.sink.write(plan.name, out, start)
+                written += out.numel() * out.element_size()
+            return written
+        out = self._evaluate(plan, None).to(device="cpu", dtype=out_dtype).contiguous()
+        self._check_finite(plan, out)
+        self.sink.write(plan.name, out)
+        return out.numel() * out.element_size()
+
+    def _check_finite(self, plan: KeyPlan, out: Any) -> None:
+        if self.options.nonfinite == "ignore" or bool(self.torch.isfinite(out).all()):
+            return
+        culprits = [leaf.label for leaf in self.plan.leaves
+                    if plan.name in leaf.source.keys()  # type: ignore[union-attr]
+                    and not bool(self.torch.isfinite(leaf.source.read(plan.name)).all())]  # type: ignore[union-attr]
+        where = f"inputs with NaN/inf at this key: {', '.join(culprits)}" if culprits else \
+            "the inputs are finite: the merge method or the cast to the save dtype produced them"
+        if self.options.nonfinite == "fail":
+            raise MergeError(f"key {plan.name!r}: the result holds NaN or inf values ({where})")
+        with self._lock:
+            if plan.name not in self.nonfinite:
+                self.nonfinite.append(plan.name)
+                self.plan.notes.append(f"key {plan.name!r} holds NaN or inf values ({where})")
+
+    def _evaluate(self, plan: KeyPlan, region: tuple[int, int] | None) -> Any:
+        memo: dict[int, Any] = {}
+        remaining = dict(self.uses)
+        present: dict[int, bool] = {}
+        expected = (region[1] - region[0],) if region else plan.shape
+        result = self._op(self.plan.root, plan, region, memo, remaining, present)
+        if tuple(result.shape) != tuple(expected):
+            raise MergeError(f"key {plan.name!r}: the recipe produced shape {list(result.shape)}, "
+                             f"expected {list(expected)}")
+        return result
+
+    def _op(self, op: Op, plan: KeyPlan, region: tuple[int, int] | None, memo: dict[int, Any],
+            remaining: dict[int, int], present: dict[int, bool]) -> Any:
+        if id(op) in memo:
+            return memo[id(op)]
+        if op.leaf is not None:
+            source = op.leaf.source
+            assert source is not None
+            value = source.read(plan.name) if region is None else source.read_flat(plan.name, *region)
+        elif all(provides(child, plan.name, present) for child in op.inputs):
+            value = self._call(op, plan, region, memo, remaining, present)
+        else:
+            delegate = next(c for c in op.inputs if c.space == op.space and provides(c, plan.name, present))
+            value = self._op(delegate, plan, region, memo, remaining, present)
+        memo[id(op)] = value
+        return value
+
+    def _call(self, op: Op, plan: KeyPlan, region: tuple[int, int] | None, memo: dict[int, Any],
+              remaining: dict[int, int], present: dict[int, bool]) -> Any:
+        method = op.method
+        assert method is not None
+        device = op.device or self.options.device
+        work = dtypes.to_torch(op.dtype or self.options.work_dtype)
+        args = []
+        for child in op.inputs:
+            args.append(self._op(child, plan, region, memo, remaining, present).to(device=device, dtype=work))
+        for child in op.inputs:
+            remaining[id(child)] -= 1
+            if remaining[id(child)] <= 0:
+                memo.pop(id(child), None)
+        hypers = {spec.name: _cast(spec.kind, resolve(op.hypers[spec.name], self.plan.architecture, plan.spec))
+                  if op.hypers.get(spec.name) is not None else None for spec in method.hypers}
+        context: dict[str, Any] = {"key": plan.name, "device": self.torch.device(device), "dtype": work,
+                                   "generator": None, "cache": None}
+        if method.wants_generator:
+            seed = hypers.get("seed") or 0
+            generator = self.torch.Generator(device=device)
+            generator.manual_seed((int(seed) * 1_000_003 + zlib.crc32(plan.name.encode())) % (2 ** 63))
+            context["generator"] = generator
+        if self.options.cache is not None and ("cache" in method.context or method.takes_kwargs):
+            with self._lock:
+                context["cache"] = self.options.cache.setdefault((id(op), plan.name), {})
+        try:
+            result = method.invoke(args, hypers, context)
+        except MechaError:
+            raise
+        except Exception as error:
+            origin = f" from plugin {op.provider}" if op.provider else ""
+            raise MergeError(f"merge method {method.name!r}{origin} failed on key {plan.name!r}: "
+                             f"{type(error).__name__}: {error}") from error
+        if not isinstance(result, self.torch.Tensor):
+            raise MergeError(f"merge method {method.name!r} returned {type(result).__name__} for key "
+                             f"{plan.name!r}, expected a tensor")
+        return result
+
+
+def _cast(kind: type, value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_cast(kind, v) for v in value)
+    if kind is int:
+        return int(round(value))
+    return kind(value)
+
+
+def run_plan(plan: MergePlan, sink: Sink, *, threads: int, progress: Progress | None = None) -> KeyRunner:
+    """Run every key of the plan into `sink`; on failure or interrupt, stop promptly and re-raise."""
+    import torch
+    runner = KeyRunner(plan, sink)
+    previous_threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(max(1, previous_threads // threads))
+    try:
+        if threads <= 1:
+            for key_plan in plan.keys:
+                written = runner.run(key_plan)
+                if progress:
+                    progress(key_plan, written)
+            return runner
+        with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="mecha") as pool:
+            futures = {pool.submit(runner.run, key_plan): key_plan for key_plan in plan.keys}
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    written = future.result()
+                    if progress:
+                        progress(futures[future], written)
+            except BaseException:
+                runner.cancelled.set()
+                for future in futures:
+                    future.cancel()
+                raise
+        return runner
+    finally:
+        torch.set_num_threads(previous_threads)

@@ -1,0 +1,20 @@
+"""Shared test set-up: core tests never see installed plugins or the developer's config by accident."""
+
+from __future__ import annotations
+
+import pytest
+
+from mecha_core.plugins import set_plugins
+
+pytest_plugins = ["mecha_core.testing"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    monkeypatch.setenv("MECHA_LOAD_PLUGINS", "")
+    monkeypatch.setenv("MECHA_CONFIG", str(tmp_path_factory.mktemp("config") / "config.toml"))
+    monkeypatch.delenv("MECHA_MODELS_DIR", raising=False)
+    monkeypatch.delenv("MECHA_STRICT_PLUGINS", raising=False)
+    previous = set_plugins(None)
+    yield
+    set_plugins(previous)
