@@ -24,9 +24,14 @@ BASE = "base"
 
 
 class KeySource(Protocol):
-    """A model opened for one architecture: the keys it provides and their tensors."""
+    """A model opened for one architecture: the keys it provides and their tensors.
+
+    A source that can read part of a flattened tensor cheaply sets ``supports_ranges = True``; the
+    scheduler then streams large keys of elementwise merges in chunks through ``read_flat``.
+    """
 
     label: str
+    supports_ranges: bool
 
     def keys(self) -> Collection[str]:
         """The architecture keys this model provides."""
@@ -37,8 +42,8 @@ class KeySource(Protocol):
     def read(self, key: str) -> Any:
         """The key's tensor (any dtype; the scheduler converts)."""
 
-    def read_flat(self, key: str, start: int, stop: int) -> Any | None:
-        """Elements [start, stop) of the flattened tensor, or None when this source cannot slice."""
+    def read_flat(self, key: str, start: int, stop: int) -> Any:
+        """Elements [start, stop) of the flattened tensor; only called when ``supports_ranges`` is true."""
 
     def close(self) -> None: ...
 
@@ -82,6 +87,8 @@ class ModelType:
 
 class FileKeySource:
     """The ``base`` type: the file stores the architecture's keys, possibly under alias spellings."""
+
+    supports_ranges = True  # read_flat slices the stored tensor without reading the rest
 
     def __init__(self, file: TensorFile, architecture: Architecture) -> None:
         self.file = file

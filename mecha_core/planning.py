@@ -138,13 +138,13 @@ def plan_merge(recipe: RecipeNode, options: MergeOptions, plugins: Plugins) -> M
             opened.append(fallback)
         leaves = [leaves_by_node[id(node)] for node in recipe.models()]
         _check_spaces(recipe, leaves_by_node)
-        architecture = _settle_architecture(leaves + ([fallback] if fallback else []), plugins)
+        notes: list[str] = []
+        architecture = _settle_architecture(leaves + ([fallback] if fallback else []), plugins, notes)
         for leaf in leaves + ([fallback] if fallback else []):
             leaf.source = leaf.type.open(leaf.file, architecture)
         root = _bind(recipe, leaves_by_node, plugins)
         _check_hyper_dicts(recipe, architecture)
         encoder = _encoder(root, architecture, options, plugins)
-        notes: list[str] = []
         keys = _plan_keys(root, architecture, leaves, fallback, options, encoder, notes)
     except BaseException:
         for leaf in opened:
@@ -225,7 +225,23 @@ def _check_spaces(recipe: RecipeNode, leaves: Mapping[int, Leaf]) -> None:
             spaces[id(node)] = infer_space(node.method, node.inputs, [spaces[id(i)] for i in node.inputs])
 
 
-def _settle_architecture(leaves: Sequence[Leaf], plugins: Plugins) -> Architecture:
+def _settle_architecture(leaves: Sequence[Leaf], plugins: Plugins, notes: list[str]) -> Architecture:
+    """The one architecture of the merge; a partial file joins the architecture of the others.
+
+    A file missing some keys of an architecture is not detected as it on its own, but when the
+    other models are of that architecture and most of the file's keys belong to it, it is merged as
+    one (its missing keys come from the other models, by the usual missing-key rule).
+    """
+    specific = {leaf.arch_name for leaf in leaves if leaf.arch_name != GENERIC}
+    if len(specific) == 1:
+        arch = plugins.architectures.get(next(iter(specific)))
+        for leaf in leaves:
+            if leaf.arch_name == GENERIC and leaf.node.arch is None and leaf.type.name == BASE:
+                match = arch.match(leaf.file.tensors)
+                if match.present and match.present >= len(match.unknown):
+                    leaf.arch_name = arch.name
+                    notes.append(f"{leaf.label} lacks {len(match.missing)} keys of {arch.name}; merged as "
+                                 f"{arch.name}, the other models provide them")
     names = {leaf.arch_name for leaf in leaves}
     if len(names) > 1:
         described = []
