@@ -31,8 +31,14 @@ class RecipeSyntaxError(RecipeError):
             where += f" line {line_number}"
         text = f"{where}: {message}"
         if line is not None:
-            text += f" (in: {line.strip()})"
+            text += f" (in: {shown_line(line)})"
         super().__init__(text)
+
+
+def shown_line(line: str, limit: int = 120) -> str:
+    """A recipe line as an error message quotes it: printable, on one line, and not too long."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line.strip())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class ModelFileError(MechaError):

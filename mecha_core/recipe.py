@@ -7,6 +7,7 @@ models each method takes, hyperparameter names and values, and merge spaces as f
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -96,6 +97,8 @@ class ParameterNode(RecipeNode):
     def __init__(self, name: str, space: MergeSpace | str = MergeSpace.WEIGHT) -> None:
         if not isinstance(name, str) or not name or any(c in name for c in ' "\n&='):
             raise RecipeError(f"invalid parameter name {name!r}")
+        if not isinstance(space, (MergeSpace, str)):
+            raise RecipeError(f"parameter {name!r}: the space is 'weight' or 'delta', not {space!r}")
         self.name = name
         self._space = space if isinstance(space, MergeSpace) else MergeSpace.parse(space)
 
@@ -136,8 +139,7 @@ class MergeNode(RecipeNode):
             if spec.name not in values:
                 values[spec.name] = normalize_hyper(method, spec, spec.default, len(inputs)) if spec.default is not None else None
         space = infer_space(method, inputs)
-        dtype_name = dtypes.parse(dtype, dtypes.WORK_DTYPES, "work dtype") if isinstance(dtype, str) else (
-            dtypes.name_of(dtype) if dtype is not None else None)
+        dtype_name = _work_dtype(method, dtype)
         return cls(method, inputs, values, space, device=str(device) if device is not None else None,
                    dtype=dtype_name)
 
@@ -162,6 +164,19 @@ class MergeNode(RecipeNode):
         args += [f"{k}={v!r}" for k, v in self.hypers.items()]
         args += [f"{k}={v!r}" for k, v in (("device", self.device), ("dtype", self.dtype)) if v]
         return f"{self.method.name}({', '.join(args)})"
+
+
+def _work_dtype(method: MergeMethod, dtype: Any) -> str | None:
+    """The torch-style name of a call's ``dtype=`` (a spelling such as ``fp16``, or a torch dtype)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        return dtypes.parse(dtype, dtypes.WORK_DTYPES, "work dtype")
+    name = dtypes.name_of(dtype)
+    if name not in dtypes.WORK_DTYPES:
+        raise RecipeError(f"merge method {method.name!r}: dtype {dtype!r} is not a work dtype; expected one of "
+                          f"{', '.join(dtypes.WORK_DTYPES)}")
+    return name
 
 
 def type_name(value: object) -> str:
@@ -252,13 +267,25 @@ def _scalar_or_dict(kind: type, value: Any, where: str) -> HyperValue:
     if isinstance(value, bool):
         return kind(value)
     if isinstance(value, (int, float)):
+        _check_finite(value, where)
         return kind(value) if kind is float else value
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise RecipeError(f"{where}: a block/class dict maps names to numbers; got {k!r}: {v!r}")
+            _check_finite(v, f"{where}, {k!r}")
         return dict(value)
     raise RecipeError(f"{where}: expected a number or a block/class dict, got {type_name(value)} {value!r}")
+
+
+def _check_finite(value: int | float, where: str) -> None:
+    """Refuse NaN, inf and numbers beyond float range: they would poison every key they touch."""
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise RecipeError(f"{where}: expected a finite number, got {value!r}")
 
 
 def as_node(value: Any) -> RecipeNode:

@@ -28,14 +28,18 @@ from .errors import MechaError, RecipeError, RecipeSyntaxError
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, walk
 
 FORMAT_VERSION = "1"
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
+_INTEGER = re.compile(r"^[+-]?\d+$", re.ASCII)
+_REFERENCE = re.compile(r"^&\d{1,9}$", re.ASCII)
+MAX_INTEGER_DIGITS = 30  # beyond any real seed or count; keeps int() far from Python's 4300-digit limit
 _WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _SPECIAL = set('="[],#')
+_VERSION_LINE = re.compile(r"^\s*version\s+(\S+)\s*(?:#.*)?$")
 
 
 @dataclasses.dataclass(frozen=True)
 class _Token:
-    kind: str  # string, number, ref, bool, word, punct
+    kind: str  # string, number, ref, bool, word, punct, junk
     value: Any
     text: str
 
@@ -87,17 +91,32 @@ def _read_string(line: str, start: int) -> tuple[str, int]:
 
 def _classify(text: str) -> _Token:
     if text.startswith("&"):
-        if not text[1:].isdigit():
-            raise _LineError(f"bad reference {text!r}: expected & followed by an instruction number, like &0")
+        if not _REFERENCE.match(text):
+            raise _LineError(f"bad reference {_shorten(text)!r}: expected & followed by an instruction number, "
+                             f"like &0")
         return _Token("ref", int(text[1:]), text)
     if _NUMBER.match(text):
-        is_int = re.match(r"^[+-]?\d+$", text) is not None
-        return _Token("number", int(text) if is_int else float(text), text)
+        return _Token("number", _number(text), _shorten(text))
     if text in ("true", "false"):
         return _Token("bool", text == "true", text)
     if _WORD.match(text):
-        return _Token("word", text, text)
-    raise _LineError(f"unexpected text {text!r}")
+        return _Token("word", text, _shorten(text))
+    return _Token("junk", text, _shorten(text))  # refused by the parser, which knows what it expected
+
+
+def _number(text: str) -> int | float:
+    if _INTEGER.match(text):
+        if len(text.lstrip("+-")) > MAX_INTEGER_DIGITS:
+            raise _LineError(f"number {_shorten(text)} is too large; expected at most {MAX_INTEGER_DIGITS} digits")
+        return int(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise _LineError(f"number {_shorten(text)} is out of range; expected a finite number")
+    return value
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _Parser:
@@ -108,9 +127,15 @@ class _Parser:
         self.version: str | None = None
 
     def parse(self, text: str) -> RecipeNode:
-        lines = text.splitlines()
+        # "\n" only: str.splitlines() also breaks at form feeds and other separators, and the line
+        # numbers in messages would then disagree with the user's editor
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
         for number, line in enumerate(lines, 1):
             try:
+                version = _VERSION_LINE.match(line)
+                if version:
+                    self._version(version.group(1))
+                    continue
                 tokens = _tokenize(line)
                 if tokens:
                     self._instruction(tokens, number)
@@ -127,18 +152,22 @@ class _Parser:
                                     line_number=number, line=lines[number - 1], source=self.source)
         return result
 
+    def _version(self, version: str) -> None:
+        """Read a version line before tokenizing, so that any version, even sd-mecha 1.x's 0.1.0, is named."""
+        if self.values or self.version is not None:
+            raise _LineError("'version' may only be the first instruction")
+        if version != FORMAT_VERSION:
+            raise _LineError(f"recipe format version {_shorten(version)} is not supported; expected version "
+                             f"{FORMAT_VERSION} or sd-mecha 0.0.x recipes (which have no version line)")
+        self.version = version
+
     def _instruction(self, tokens: list[_Token], number: int) -> None:
         head = tokens[0]
         if head.kind != "word":
             raise _LineError(f"an instruction starts with a command (model, parameter, merge, dict), not {head.text!r}")
         command = head.value
         if command == "version":
-            if self.values or self.version is not None:
-                raise _LineError("'version' may only be the first line")
-            if len(tokens) != 2:
-                raise _LineError("expected: version NUMBER")
-            self.version = str(tokens[1].value)
-            return
+            raise _LineError(f"expected: version {FORMAT_VERSION}")
         args, kwargs = self._arguments(tokens[1:])
         if command == "model":
             value: Any = self._model(args, kwargs)
@@ -152,7 +181,7 @@ class _Parser:
             value = kwargs
         else:
             from .errors import suggest
-            raise _LineError(f"unknown command {command!r}; {suggest(command, ['model', 'parameter', 'merge', 'dict'], what='command')}")
+            raise _LineError(f"unknown command {_shorten(command)!r}; {suggest(command, ['model', 'parameter', 'merge', 'dict'], what='command')}")
         self.values.append(value)
         self.instruction_lines.append(number)
 
@@ -175,7 +204,7 @@ class _Parser:
                 args.append(value)
         return args, kwargs
 
-    def _value(self, tokens: list[_Token], i: int) -> tuple[Any, int]:
+    def _value(self, tokens: list[_Token], i: int, in_list: bool = False) -> tuple[Any, int]:
         token = tokens[i]
         if token.kind in ("string", "number", "bool"):
             return token.value, i + 1
@@ -186,10 +215,12 @@ class _Parser:
                                  f"(available here: {available})")
             return self.values[token.value], i + 1
         if token.text == "[":
+            if in_list:
+                raise _LineError("lists cannot be nested; expected [value, value, ...] with one value per model")
             items = []
             i += 1
             while i < len(tokens) and tokens[i].text != "]":
-                item, i = self._value(tokens, i)
+                item, i = self._value(tokens, i, in_list=True)
                 items.append(item)
                 if i < len(tokens) and tokens[i].text == ",":
                     i += 1
@@ -218,7 +249,9 @@ class _Parser:
             raise _LineError('expected: parameter "name" ["weight"|"delta"]')
         space = kwargs.pop("space", args[1] if len(args) > 1 else "weight")
         if kwargs:
-            raise _LineError(f"unknown option {sorted(kwargs)[0]!r} for parameter")
+            raise _LineError(f"unknown option {sorted(kwargs)[0]!r} for parameter; expected space=")
+        if not isinstance(space, str):
+            raise _LineError(f'the space of a parameter is "weight" or "delta", not {space!r}')
         return ParameterNode(args[0], space)
 
     def _merge(self, args: list[Any], kwargs: dict[str, Any]) -> MergeNode:
@@ -234,7 +267,10 @@ class _Parser:
             inputs.append(value)
         device = kwargs.pop("device", None)
         dtype = kwargs.pop("dtype", None)
-        return method(*inputs, device=device, dtype=dtype, **kwargs)
+        for name, value in (("device", device), ("dtype", dtype)):
+            if value is not None and not isinstance(value, str):
+                raise _LineError(f'{name} must be a "string", not {value!r}')
+        return MergeNode.build(method, tuple(inputs), kwargs, device=device, dtype=dtype)
 
 
 def deserialize(recipe: str | os.PathLike[str], *, source: str | None = None) -> RecipeNode:

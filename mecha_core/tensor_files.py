@@ -14,6 +14,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from . import dtypes
 from .errors import ModelFileError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_DIMENSIONS = 64  # no real model comes close; bounds the work a hostile shape can ask for
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 CONVERT_HINT = ("mecha never unpickles model files (a pickle can run code); convert it to .safetensors "
                 "first, e.g. with `mecha convert FILE` or safetensors.torch.save_file(torch.load(FILE, "
@@ -75,16 +77,25 @@ class SafetensorsFile:
         self._mmap: mmap.mmap | None = None
         self._fd: int | None = None
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             raise ModelFileError(f"{self.label}: no such file") from None
         except IsADirectoryError:
             raise ModelFileError(f"{self.label}: is a folder, not a model file") from None
-        except OSError as error:
-            raise ModelFileError(f"{self.label}: cannot open: {error.strerror}") from None
+        except (OSError, ValueError) as error:
+            raise ModelFileError(f"{self.label}: cannot open: {getattr(error, 'strerror', None) or error}") from None
         try:
-            self.file_size = os.fstat(fd).st_size
+            status = os.fstat(fd)
+            if stat.S_ISDIR(status.st_mode):
+                raise ModelFileError(f"{self.label}: is a folder, not a model file")
+            if not stat.S_ISREG(status.st_mode):
+                raise ModelFileError(f"{self.label}: is not a regular file (a device, pipe or socket?)")
+            self.file_size = status.st_size
             self.header_size, self.tensors, self.metadata = _read_header(fd, self.file_size, self.label)
+        except OSError as error:
+            os.close(fd)
+            raise ModelFileError(f"{self.label}: cannot read: {error.strerror or error}") from None
         except BaseException:
             os.close(fd)
             raise
@@ -151,6 +162,20 @@ def _read_exact(fd: int, offset: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
+class _DuplicateName(Exception):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a name given twice (which of two entries is meant is ambiguous)."""
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise _DuplicateName(name)
+        result[name] = value
+    return result
+
+
 def _read_header(fd: int, file_size: int, label: str) -> tuple[int, dict[str, TensorInfo], dict[str, str]]:
     def fail(problem: str) -> ModelFileError:
         return ModelFileError(f"{label}: not a valid safetensors file: {problem}")
@@ -158,25 +183,39 @@ def _read_header(fd: int, file_size: int, label: str) -> tuple[int, dict[str, Te
     if file_size < 8:
         raise fail(f"the file is {file_size} bytes, too short to hold a header")
     prefix = _read_exact(fd, 0, 8)
-    if prefix[:2] == b"PK" or prefix[:1] == b"\x80":
-        raise ModelFileError(f"{label}: this is a pickle (PyTorch .ckpt/.pt) file, not safetensors; {CONVERT_HINT}")
     header_size = int.from_bytes(prefix, "little")
+    # Sniff for a pickle only when the bytes make no sense as safetensors: a valid header length can
+    # begin with the same bytes as a pickle (any length of the form 256k + 128 starts with 0x80).
+    plausible = header_size <= min(MAX_HEADER_BYTES, file_size - 8) and _read_exact(fd, 8, 1) == b"{"
+    if not plausible and _looks_pickled(prefix):
+        raise ModelFileError(f"{label}: this is a pickle (PyTorch .ckpt/.pt) file, not safetensors; {CONVERT_HINT}")
     if header_size > MAX_HEADER_BYTES:
         raise fail(f"the header claims {header_size} bytes (more than {MAX_HEADER_BYTES} is not a real header)")
     if header_size > file_size - 8:
         raise fail(f"the header claims {header_size} bytes but the file holds only {file_size - 8} after "
                    f"the length field (truncated file?)")
     raw = _read_exact(fd, 8, header_size)
+    if len(raw) != header_size:
+        raise fail(f"the file ended while reading the {header_size}-byte header (truncated file?)")
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_object)
+    except _DuplicateName as duplicate:
+        raise fail(f"the header lists {_show(duplicate.args[0])} twice") from None
+    except UnicodeDecodeError:
+        raise fail("the header is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
         raise fail(f"the header is not JSON ({error})") from None
+    except RecursionError:
+        raise fail("the header nests JSON arrays or objects too deeply") from None
+    except ValueError:  # json turns digits into an int and Python refuses one of over 4300 digits
+        raise fail("the header holds a number too long to be real") from None
     if not isinstance(header, dict):
-        raise fail(f"the header is a JSON {type(header).__name__}, expected an object")
+        raise fail(f"the header is a JSON {_json_kind(header)}, expected an object")
     data_size = file_size - 8 - header_size
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in metadata.items()):
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise fail("__metadata__ must map strings to strings")
     tensors: dict[str, TensorInfo] = {}
     for name, entry in header.items():
@@ -184,32 +223,72 @@ def _read_header(fd: int, file_size: int, label: str) -> tuple[int, dict[str, Te
     spans = sorted((info.start, info.end, name) for name, info in tensors.items() if info.end > info.start)
     for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
         if start_b < end_a:
-            raise fail(f"tensors {name_a!r} and {name_b!r} overlap in the data section")
+            raise fail(f"tensors {_show(name_a)} and {_show(name_b)} overlap in the data section")
     return header_size, tensors, metadata
 
 
+def _looks_pickled(prefix: bytes) -> bool:
+    """A zip archive (``torch.save``'s format) or a pickle stream of protocol 2 to 5."""
+    return prefix[:4] == b"PK\x03\x04" or (prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """repr() of a header value, cut short: a hostile header must not make a message megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _span_bytes(shape: list[int], itemsize: int) -> int | None:
+    """shape x itemsize in bytes, or None once the product passes 2**64 (no file is that large).
+
+    A header can hold dozens of dimensions of thousands of digits each; the product stops early
+    rather than building a number of tens of thousands of digits.
+    """
+    if 0 in shape:
+        return 0
+    size = itemsize
+    for dim in shape:
+        size *= dim
+        if size > 1 << 64:
+            return None
+    return size
+
+
 def _tensor_info(name: str, entry: Any, data_size: int, fail: Any) -> TensorInfo:
+    where = f"tensor {_show(name)}"
     if not isinstance(entry, dict):
-        raise fail(f"entry for tensor {name!r} is not an object")
+        raise fail(f"entry for {where} is a JSON {_json_kind(entry)}, expected an object")
     dtype = entry.get("dtype")
-    if dtype not in dtypes.SAFETENSORS_DTYPES:
-        raise fail(f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in dtypes.SAFETENSORS_DTYPES:
+        raise fail(f"{where} has unknown dtype {_show(dtype)}; expected one of {', '.join(dtypes.SAFETENSORS_DTYPES)}")
     shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise fail(f"tensor {name!r} has an invalid shape {shape!r}")
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMENSIONS
+            or not all(_is_int(d) and d >= 0 for d in shape)):
+        raise fail(f"{where} has an invalid shape {_show(shape)}; expected a list of at most {MAX_DIMENSIONS} "
+                   f"non-negative integers")
     offsets = entry.get("data_offsets")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-        raise fail(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise fail(f"{where} has invalid data_offsets {_show(offsets)}; expected [start, end]")
     start, end = offsets
+    if start > end:
+        raise fail(f"{where} has data_offsets {_show(offsets)} that end before they start")
     if not 0 <= start <= end <= data_size:
-        raise fail(f"tensor {name!r} lies at bytes {start}..{end}, outside the {data_size}-byte data section")
-    info = TensorInfo(dtype, tuple(shape), start, end)
-    if info.nbytes != end - start:
-        raise fail(f"tensor {name!r} of shape {list(shape)} and dtype {dtype} needs {info.nbytes} bytes "
-                   f"but spans {end - start}")
-    return info
+        raise fail(f"{where} lies at bytes {_show(start, 24)}..{_show(end, 24)}, outside the {data_size}-byte "
+                   f"data section")
+    needed = _span_bytes(shape, dtypes.itemsize(dtype))
+    if needed != end - start:
+        size = f"{needed} bytes" if needed is not None else "more than 2**64 bytes"
+        raise fail(f"{where} of shape {_show(shape)} and dtype {dtype} needs {size} but spans {end - start}")
+    return TensorInfo(dtype, tuple(shape), start, end)
 
 
 class DictTensors:
@@ -221,8 +300,7 @@ class DictTensors:
         self.metadata: dict[str, str] = {}
         infos = {}
         for name, tensor in self._tensors.items():
-            code = dtypes.code_of(dtypes.name_of(tensor.dtype))
-            infos[name] = TensorInfo(code, tuple(tensor.shape), 0, 0)
+            infos[name] = _dict_tensor_info(name, tensor, label)
         self.tensors = infos
 
     def read(self, name: str) -> Any:
@@ -236,6 +314,20 @@ class DictTensors:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tensors)
+
+
+def _dict_tensor_info(name: Any, tensor: Any, label: str) -> TensorInfo:
+    """What a state dict entry is, refusing what a safetensors file could not hold."""
+    import torch
+    if not isinstance(name, str):
+        raise ModelFileError(f"{label}: key {_show(name)} is a {type(name).__name__}; keys must be strings")
+    if not isinstance(tensor, torch.Tensor):
+        raise ModelFileError(f"{label}: key {_show(name)} holds a {type(tensor).__name__}, expected a tensor")
+    dtype_name = dtypes.name_of(tensor.dtype)
+    if dtype_name not in dtypes.TORCH_NAME_TO_CODE:
+        raise ModelFileError(f"{label}: key {_show(name)} has dtype {dtype_name}, which safetensors cannot "
+                             f"store; expected one of {', '.join(dtypes.TORCH_NAME_TO_CODE)}")
+    return TensorInfo(dtypes.code_of(dtype_name), tuple(tensor.shape), 0, 0)
 
 
 def open_tensor_file(path: str | os.PathLike[str]) -> SafetensorsFile:
