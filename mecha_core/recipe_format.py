@@ -163,6 +163,9 @@ class _Parser:
 
     def _instruction(self, tokens: list[_Token], number: int) -> None:
         head = tokens[0]
+        if head.kind == "junk":
+            raise _LineError(f"unexpected text {head.text!r}; an instruction starts with a command (model, parameter, "
+                             f"merge, dict)")
         if head.kind != "word":
             raise _LineError(f"an instruction starts with a command (model, parameter, merge, dict), not {head.text!r}")
         command = head.value
@@ -227,7 +230,9 @@ class _Parser:
             if i >= len(tokens):
                 raise _LineError("unterminated list: a ']' is missing")
             return items, i + 1
-        raise _LineError(f"unexpected {token.text!r}; expected a value (number, \"string\", &N, true, false, [list])")
+        what = "text " if token.kind == "junk" else ""
+        raise _LineError(f"unexpected {what}{token.text!r}; expected a value (number, \"string\", &N, true, false, "
+                         f"[list])")
 
     def _model(self, args: list[Any], kwargs: dict[str, Any]) -> ModelNode:
         if not args or not isinstance(args[0], str):

@@ -90,10 +90,10 @@ CASES: dict[str, tuple[str, str]] = {
                                "line 1: recipe format version 0.1.0 is not supported; expected version 1 or sd-mecha "
                                "0.0.x recipes (which have no version line) (in: version 0.1.0)"),
     "version not first": (HEAD + 'version 1\n', "line 3: 'version' may only be the first instruction (in: version 1)"),
-    "garbage text": ("{{{ hello }}}\n", "line 1: an instruction starts with a command (model, parameter, merge, "
-                                         "dict), not '{{{' (in: {{{ hello }}})"),
+    "garbage text": ("{{{ hello }}}\n", "line 1: unexpected text '{{{'; an instruction starts with a command "
+                                         "(model, parameter, merge, dict) (in: {{{ hello }}})"),
     "control characters": (HEAD + 'merge "weighted_sum" &0 &1 \x1b[31m\n',
-                           "line 3: unexpected '\\x1b'; expected a value (number, \"string\", &N, true, false, "
+                           "line 3: unexpected text '\\x1b'; expected a value (number, \"string\", &N, true, false, "
                            "[list]) (in: merge \"weighted_sum\" &0 &1 \\x1b[31m)"),
     "empty file": ("", ": the recipe is empty: it has no instruction"),
     "only comments": ("# nothing\n\n   \n# here\n", ": the recipe is empty: it has no instruction"),
