@@ -54,7 +54,9 @@ def tensor_bytes(tensor: Any) -> memoryview:
     size = tensor.numel() * tensor.element_size()
     if size == 0:
         return memoryview(b"")
-    return memoryview((ctypes.c_char * size).from_address(tensor.data_ptr())).cast("B")
+    buffer = (ctypes.c_char * size).from_address(tensor.data_ptr())
+    buffer.owner = tensor  # the view keeps the tensor's memory alive
+    return memoryview(buffer).cast("B")
 
 
 class OutputFile:
@@ -62,7 +64,7 @@ class OutputFile:
 
     def __init__(self, path: str | os.PathLike[str], entries: Iterable[tuple[str, str, tuple[int, ...]]],
                  metadata: Mapping[str, str], *, inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
-        self.path = Path(path)
+        self.path = _target(Path(path))
         self.layout = plan_layout(entries)
         self.offsets = {name: (start, dtype_name) for name, dtype_name, _, start, _ in self.layout}
         self.header = encode_header(self.layout, metadata)
@@ -77,6 +79,9 @@ class OutputFile:
             raise MechaError(f"output folder {str(folder)!r} does not exist; create it first")
         if self.path.is_dir():
             raise MechaError(f"output {str(self.path)!r} is a folder; give a file name")
+        if self.path.exists() and not self.path.is_file():
+            raise MechaError(f"output {str(self.path)!r} exists and is not a regular file (a device or pipe?); "
+                             f"choose another output name")
         for source in inputs:
             source = Path(source)
             same = self.path.resolve() == source.resolve()
@@ -90,8 +95,7 @@ class OutputFile:
                                  f"output name")
 
     def __enter__(self) -> OutputFile:
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
-        self._fd, self._temp = fd, Path(temp)
+        self._fd, self._temp = _make_temp(self.path)
         try:
             self._reserve()
             self._pwrite(memoryview(self.header), 0)
@@ -109,9 +113,17 @@ class OutputFile:
             if error.errno == errno.ENOSPC:
                 raise MechaError(f"not enough disk space in {str(self.path.parent)!r} for the "
                                  f"{self.total_size / 1e9:.2f} GB output") from None
-            os.ftruncate(self._fd, self.total_size)  # file system without fallocate: a sparse file
+            self._truncate()  # file system without fallocate: a sparse file
         except AttributeError:
+            self._truncate()
+
+    def _truncate(self) -> None:
+        assert self._fd is not None
+        try:
             os.ftruncate(self._fd, self.total_size)
+        except OSError as error:
+            raise MechaError(f"cannot create the {self.total_size / 1e9:.2f} GB output {str(self.path)!r}: "
+                             f"{error.strerror}") from None
 
     def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
         """Write a contiguous CPU tensor (or the part of one starting at `start_element`)."""
@@ -127,42 +139,64 @@ class OutputFile:
                 written = os.pwrite(self._fd, data, offset)
             except OSError as error:
                 if error.errno == errno.ENOSPC:
-                    raise MechaError(f"disk full while writing {str(self.path)!r}; nothing was written") from None
+                    raise MechaError(f"disk full while writing {str(self.path)!r}; the output was not written "
+                                     f"(an existing file there is untouched)") from None
                 raise MechaError(f"cannot write {str(self.path)!r}: {error.strerror}") from None
+            if written <= 0:
+                raise MechaError(f"cannot write {str(self.path)!r}: the file system accepted no bytes")
             data = data[written:]
             offset += written
 
     def commit(self) -> Path:
         """Flush to disk and rename into place."""
         assert self._fd is not None and self._temp is not None
-        os.fsync(self._fd)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(self._fd, 0o666 & ~mask)
-        os.close(self._fd)
-        self._fd = None
-        os.replace(self._temp, self.path)
+        try:
+            os.fsync(self._fd)
+            os.fchmod(self._fd, _default_mode())
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            os.replace(self._temp, self.path)
+        except OSError as error:
+            raise MechaError(f"cannot finish writing {str(self.path)!r}: {error.strerror}") from None
         self._temp = None
         _fsync_folder(self.path.parent)
         return self.path
 
     def abort(self) -> None:
         """Remove the temporary file; the target is left as it was."""
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            finally:
-                self._fd = None
-        if self._temp is not None:
-            try:
-                self._temp.unlink()
-            except FileNotFoundError:
-                pass
-            self._temp = None
+        fd, temp = self._fd, self._temp
+        self._fd = self._temp = None
+        try:
+            if fd is not None:
+                os.close(fd)
+        finally:  # even if a second Ctrl-C lands here, the temporary file goes
+            if temp is not None:
+                temp.unlink(missing_ok=True)
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self._temp is not None:
+        if self._temp is not None or self._fd is not None:
             self.abort()
+
+
+def _target(path: Path) -> Path:
+    """The file a write to `path` lands in: through a symlink to its target, so the link survives."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _make_temp(path: Path) -> tuple[int, Path]:
+    """A new temporary file next to `path` (same file system, so the final rename is atomic)."""
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as error:
+        raise MechaError(f"cannot create a file in {str(path.parent)!r}: {error.strerror}") from None
+    return fd, Path(temp)
+
+
+def _default_mode() -> int:
+    """The permissions a plain ``open()`` would give a new file (mkstemp's are owner-only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -180,18 +214,26 @@ def _fsync_folder(folder: Path) -> None:
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Write a small text file (a recipe) through a temporary file and a rename."""
+    path = _target(path)
     if not path.parent.is_dir():
         raise MechaError(f"output folder {str(path.parent)!r} does not exist; create it first")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    if path.is_dir():
+        raise MechaError(f"output {str(path)!r} is a folder; give a file name")
+    fd, temp = _make_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), _default_mode())
         os.replace(temp, path)
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        raise MechaError(f"cannot write {str(path)!r}: {error.strerror}") from None
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
 
 
 def save_tensors(tensors: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,
