@@ -111,7 +111,7 @@ def print_architecture(arch: Architecture, *, verbose: bool) -> None:
     if passthrough:
         print("Passed through unchanged:")
         for component, keys in passthrough.items():
-            print(f"  {component}: {len(keys)} keys")
+            print(f"  {component}: {len(keys)} key{'' if len(keys) == 1 else 's'}")
             if verbose:
                 for key in keys:
                     print(f"    - {key}")

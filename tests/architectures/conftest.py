@@ -1,0 +1,29 @@
+"""The SD architecture plugins and the method library, registered in a clean plugin set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+
+
+@pytest.fixture
+def plugins(mecha_plugins):
+    import mecha_methods
+    import mecha_sd1
+    import mecha_sd3
+    import mecha_sdxl
+    mecha_plugins.register(mecha_methods, "methods")
+    mecha_plugins.register(mecha_sd1, "sd1")
+    mecha_plugins.register(mecha_sdxl, "sdxl")
+    mecha_plugins.register(mecha_sd3, "sd3")
+    return mecha_plugins
+
+
+@pytest.fixture
+def reference() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference layouts not found at {REFERENCE}")
+    return REFERENCE
