@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from ..dtypes import TORCH_NAME_TO_CODE
 from ..errors import MechaError
 from ..merge import merge_with_report
 from ..output_file import save_tensors
@@ -123,21 +125,33 @@ def run_convert(args: argparse.Namespace) -> int:
     source = Path(args.file)
     if source.suffix.lower() not in PICKLE_SUFFIXES:
         raise MechaError(f"{source}: expected a pickle ({', '.join(PICKLE_SUFFIXES)})")
+    if not source.is_file():
+        raise MechaError(f"{source}: no such file")
     output = Path(args.output) if args.output else source.with_suffix(".safetensors")
     print(f"mecha: warning: loading {source} with torch.load(weights_only=True): only tensors and plain data are "
-          f"accepted, no code runs; convert only files you trust anyway")
+          f"accepted, no code runs; convert only files you trust anyway", file=sys.stderr)
     try:
         data = torch.load(source, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MechaError(f"{source}: no such file") from None
     except Exception as error:
-        raise MechaError(f"{source}: cannot be loaded safely: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise MechaError(f"{source}: cannot be loaded safely (it may hold code, or not be a PyTorch file): "
+                         f"{type(error).__name__}: {reason}") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise MechaError(f"{source}: holds a {type(data).__name__}, expected a dict of tensors")
-    tensors = {k: v.contiguous().clone() for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in data.items() if isinstance(k, str) and _storable(v)}
+    if not tensors:
+        raise MechaError(f"{source}: holds no tensors that safetensors can store (expected a dict of dense "
+                         f"tensors of a supported dtype)")
     skipped = len(data) - len(tensors)
     save_tensors(tensors, output, inputs=[source])
-    print(f"wrote {output}: {len(tensors)} tensors" + (f" ({skipped} non-tensor entries left out)" if skipped else ""))
+    print(f"wrote {output}: {len(tensors)} tensors" + (f" ({skipped} other entries left out)" if skipped else ""))
     return 0
+
+
+def _storable(value: Any) -> bool:
+    """Whether a loaded value is a tensor a safetensors file can hold (dense, of a known dtype)."""
+    import torch
+    return (isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_meta
+            and str(value.dtype).removeprefix("torch.") in TORCH_NAME_TO_CODE)
