@@ -18,7 +18,7 @@ from .recipe import RecipeNode, as_node
 from .recipe_format import deserialize, serialize
 from .scheduler import DictSink, Progress, Sink, run_plan
 
-NONFINITE_MODES = ("warn", "fail", "ignore")
+NONFINITE_MODES = ("warn", "fail", "skip", "ignore")
 
 
 @dataclasses.dataclass
@@ -86,8 +86,10 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
     `recipe` is a recipe node, ``.mecha`` text or the path of a ``.mecha`` file. Model names are looked
     up in `models_dir` (a folder or a list), else ``MECHA_MODELS_DIR``, else the config file.
     `fallback_model` provides keys the recipe does not merge (e.g. the VAE). `drop` lists components
-    (``ema``) or key patterns (``first_stage_model.*``) to leave out. `nonfinite` is what a NaN/inf
-    result does: ``warn``, ``fail`` or ``ignore``. `save_as` writes another model type (``lora``)
+    (``ema``) or key patterns (``first_stage_model.*``) to leave out. `nonfinite` is what NaN/inf
+    values do: ``warn`` (a note naming the key and the inputs holding them), ``fail`` (stop; nothing
+    is written), ``skip`` (an input holding them at a key counts as missing that key) or ``ignore``.
+    `save_as` writes another model type (``lora``)
     with `save_options` (``{"rank": 32}``). `memory_budget` bounds, in bytes, the tensors one worker
     holds for a chunk of an elementwise merge. `cache` (a dict kept between calls) lets methods that
     ask for it reuse per-key work.

@@ -5,7 +5,7 @@ The function's signature is the method's declaration:
 - positional parameters are input models, annotated with a merge space (``Weight``, ``Delta``,
   ``Same``; unannotated means ``Same``); a ``*models`` parameter takes any number of them;
 - keyword-only parameters with defaults are hyperparameters (``float``, ``int``, ``bool``, ``str``,
-  or ``tuple[float, ...]`` for one value per model);
+  or ``tuple[float, ...]`` for one value per model, whose default may be a scalar given to every model);
 - keyword-only parameters named ``key``, ``device``, ``dtype``, ``generator`` or ``cache``, and a
   ``**kwargs`` parameter, receive the merge context instead.
 
@@ -74,6 +74,7 @@ class MergeMethod:
     takes_kwargs: bool
     elementwise: bool = False
     doc: str = ""
+    stored_inputs: bool = False
 
     def __post_init__(self) -> None:
         validate_name(self.name, "merge method")
@@ -134,19 +135,24 @@ def _space_name(space: SpaceDecl) -> str:
 
 
 def merge_method(function: Callable[..., Any] | None = None, *, name: str | None = None,
-                 elementwise: bool = False) -> Any:
+                 elementwise: bool = False, stored_inputs: bool = False) -> Any:
     """Turn a tensor function into a :class:`MergeMethod`.
 
     ``elementwise=True`` promises that each output entry depends only on the same entry of each input,
     so the scheduler may feed the function flat chunks of a large tensor instead of the whole tensor.
+
+    ``stored_inputs=True`` asks for model inputs in the dtype their file stores (fp16, say) instead of
+    the work dtype; the function converts them itself and returns a result in the work dtype (it
+    must take the ``dtype`` context). A method reducing many models can then fold each input into an
+    fp32 accumulator in one pass (``total.add_(model)``) instead of converting every input first.
     """
     def wrap(fn: Callable[..., Any]) -> MergeMethod:
-        return _build(fn, name or fn.__name__, elementwise)
+        return _build(fn, name or fn.__name__, elementwise, stored_inputs)
 
     return wrap(function) if function is not None else wrap
 
 
-def _build(fn: Callable[..., Any], name: str, elementwise: bool) -> MergeMethod:
+def _build(fn: Callable[..., Any], name: str, elementwise: bool, stored_inputs: bool = False) -> MergeMethod:
     validate_name(name, "merge method")
     where = f"merge method {name!r} ({fn.__module__}.{fn.__qualname__})"
     signature = inspect.signature(fn)
@@ -183,9 +189,12 @@ def _build(fn: Callable[..., Any], name: str, elementwise: bool) -> MergeMethod:
             raise TypeError(f"{where}: annotate the return value with Weight, Delta or Same")
     if returns is SAME and not any(i.space is SAME for i in inputs):
         raise TypeError(f"{where}: returns Same but no input is annotated Same")
+    if stored_inputs and "dtype" not in context and not takes_kwargs:
+        raise TypeError(f"{where}: stored_inputs=True needs the 'dtype' context parameter to convert its inputs")
     method = MergeMethod(name=name, function=fn, inputs=tuple(inputs), hypers=tuple(hypers),
                          returns=returns, context=frozenset(context), takes_kwargs=takes_kwargs,
-                         elementwise=elementwise, doc=inspect.cleandoc(fn.__doc__ or ""))
+                         elementwise=elementwise, doc=inspect.cleandoc(fn.__doc__ or ""),
+                         stored_inputs=stored_inputs)
     return method
 
 
@@ -210,7 +219,9 @@ def _hyper_spec(name: str, annotation: Any, default: Any, where: str) -> HyperSp
         element = args[0] if args else float
         if element not in (float, int):
             raise TypeError(f"{where}: per-model hyperparameter {name!r} must hold float or int")
-        return HyperSpec(name, element, tuple(default) if default is not None else None, per_model=True)
+        # a scalar default (``weight: tuple[float, ...] = 1.0``) is broadcast to every model, like a scalar value
+        default = tuple(default) if isinstance(default, (list, tuple)) else default
+        return HyperSpec(name, element, default, per_model=True)
     if annotation not in (float, int, bool, str):
         raise TypeError(f"{where}: hyperparameter {name!r} has unsupported type {annotation!r}; "
                         f"use float, int, bool, str or tuple[float, ...]")

@@ -301,7 +301,8 @@ def _encoder(root: Op, architecture: Architecture, options: MergeOptions, plugin
 
 
 def provides(op: Op, key: str, memo: dict[int, bool]) -> bool:
-    """Whether `op` yields a value for `key`: all inputs have it, or an input in its own space does."""
+    """Whether `op` yields a value for `key`: its method can run (see :func:`usable_inputs`), or an
+    input in its own space has the key and stands in for it."""
     known = memo.get(id(op))
     if known is not None:
         return known
@@ -309,10 +310,29 @@ def provides(op: Op, key: str, memo: dict[int, bool]) -> bool:
         assert op.leaf.source is not None
         result = key in op.leaf.source.keys()
     else:
-        have = [provides(i, key, memo) for i in op.inputs]
-        result = all(have) or any(h and i.space == op.space for h, i in zip(have, op.inputs))
+        result = usable_inputs(op, key, memo) is not None or any(
+            i.space == op.space and provides(i, key, memo) for i in op.inputs)
     memo[id(op)] = result
     return result
+
+
+def usable_inputs(op: Op, key: str, memo: dict[int, bool]) -> list[int] | None:
+    """The positions of the inputs a method is called with for `key`, or None when it cannot run.
+
+    Every input must have the key, except the ``*models`` of a variadic method: those lacking it are
+    left out (a mean of the models that have the key), as long as one of them remains.
+    """
+    have = [provides(i, key, memo) for i in op.inputs]
+    if all(have):
+        return list(range(len(have)))
+    assert op.method is not None
+    if op.method.variadic is None:
+        return None
+    fixed = len(op.method.inputs) - 1
+    kept = [i for i, h in enumerate(have) if h]
+    if not all(have[:fixed]) or len(kept) == fixed:
+        return None
+    return kept
 
 
 def _tree_chunkable(root: Op) -> bool:

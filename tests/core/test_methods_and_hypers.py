@@ -84,7 +84,7 @@ def test_methods_are_reachable_as_attributes(plugins):
     assert mc.weighted_sum is mc.methods.weighted_sum is plugins.merge_methods.get("weighted_sum")
     with pytest.raises(AttributeError, match="did you mean 'weighted_sum'"):
         mc.methods.weigted_sum
-    assert "slerp" in dir(mc.methods)
+    assert "weighted_sum" in dir(mc.methods)
 
 
 def test_blocks_classes_default_build_sd_mecha_keys(plugins):
