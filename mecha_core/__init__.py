@@ -23,6 +23,7 @@ from .hyper import blocks, classes, default
 from .merge import MergeReport, RecipeMerger, merge
 from .merge_method import MergeMethod, merge_method
 from .model_type import KeySource, ModelType, OutputEncoder
+from .output_file import OutputFile, save_tensors
 from .plugins import Plugins, get_plugins, load_plugins, set_plugins, using_plugins
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, compose, model, parameter
 from .recipe_format import deserialize, serialize
@@ -37,10 +38,10 @@ __version__ = "0.1.0"
 __all__ = [
     "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "KeySource", "KeySpec", "MechaError",
     "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace", "ModelFileError", "ModelNode",
-    "ModelType", "OutputEncoder", "ParameterNode", "PluginError", "Plugins", "RecipeError", "RecipeMerger",
+    "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins", "RecipeError", "RecipeMerger",
     "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorInfo", "Weight", "blocks", "classes",
     "compose", "default", "deserialize", "get_plugins", "hookimpl", "load_plugins", "merge", "merge_method",
-    "methods", "model", "open_tensor_file", "parameter", "serialize", "set_plugins", "using_plugins",
+    "methods", "model", "open_tensor_file", "parameter", "save_tensors", "serialize", "set_plugins", "using_plugins",
 ]
 
 

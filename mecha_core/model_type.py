@@ -68,7 +68,8 @@ class ModelType:
     file is of this type, and None when it is not (the ``base`` type has no ``detect``: it is what a
     file is when no other type claims it). ``open(file, architecture)`` returns its :class:`KeySource`.
     ``encoder(architecture, options)``, when given, makes the type a save format; ``save_option``
-    names the one option the CLI passes to it (``--as-lora RANK`` -> ``{"rank": RANK}``).
+    names the one option the CLI passes to it (``--as-lora RANK`` -> ``{"rank": "RANK"}``, a string
+    from the command line); ``options["save_dtype"]`` is the merge's save dtype (``float16``...).
     """
 
     name: str

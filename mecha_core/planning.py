@@ -297,7 +297,7 @@ def _encoder(root: Op, architecture: Architecture, options: MergeOptions, plugin
         hint = " (subtract(finetune, base) gives one)" if model_type.space == MergeSpace.DELTA else ""
         raise MechaError(f"saving as {model_type.name} needs a recipe in {model_type.space.value} space{hint}; "
                          f"this recipe is in {root.space.value} space")
-    return model_type.encoder(architecture, dict(options.save_options))
+    return model_type.encoder(architecture, {"save_dtype": options.save_dtype, **options.save_options})
 
 
 def provides(op: Op, key: str, memo: dict[int, bool]) -> bool:
