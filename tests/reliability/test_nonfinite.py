@@ -92,7 +92,7 @@ def test_ignore_writes_silently(folder, capsys):
 def test_the_python_api_option(folder):
     with pytest.raises(mc.MergeError, match=r"key 'bad': the result holds NaN or inf values"):
         mc.merge(mc.deserialize(folder / "r.mecha"), nonfinite="fail")
-    with pytest.raises(mc.MechaError, match=r"nonfinite must be one of warn, fail, ignore, got 'maybe'"):
+    with pytest.raises(mc.MechaError, match=r"nonfinite must be one of warn, fail, .*got 'maybe'"):
         mc.merge(mc.deserialize(folder / "r.mecha"), nonfinite="maybe")
 
 
