@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                        help="leave out a component (e.g. ema) or keys matching a pattern (repeatable)")
     merge.add_argument("--nonfinite", choices=NONFINITE_MODES, default="warn",
                        help="what a NaN/inf in a result does (default: warn)")
-    merge.add_argument("--memory-budget", type=float, metavar="MB",
+    merge.add_argument("--memory-budget", type=_megabytes, metavar="MB",
                        help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
     merge.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     for name in plugins.model_types:
@@ -56,6 +57,17 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                       help="fill parameter NAME with VALUE: a model file or name, or a .mecha recipe")
     comp.add_argument("-o", "--output", help="write the recipe here instead of standard output")
     comp.set_defaults(handler=run_compose)
+
+
+def _megabytes(text: str) -> float:
+    """An argparse type: a positive, finite number of megabytes (a bad one is a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of megabytes, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of megabytes, got {text!r}")
+    return value
 
 
 def _read_recipe(argument: str) -> RecipeNode:
