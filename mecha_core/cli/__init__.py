@@ -67,7 +67,12 @@ def _plugin_handler(run: Any, label: str, name: str) -> Any:
 
 
 def _format_warning(message: Any, category: type, filename: str, lineno: int, line: str | None = None) -> str:
-    return f"mecha: warning: {message}\n"
+    return f"mecha: warning: {one_line(str(message))}\n"
+
+
+def one_line(message: str) -> str:
+    """A message on one line: scripts and logs read errors line by line."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return int(args.handler(args) or 0)
     except MechaError as error:
-        print(f"mecha: error: {error}", file=sys.stderr)
+        print(f"mecha: error: {one_line(str(error))}", file=sys.stderr)
         if debug:
             traceback.print_exc()
         return 1
@@ -99,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as error:  # a bug: say so in one line
-        print(f"mecha: internal error: {type(error).__name__}: {error} (this is a bug; --debug shows the traceback)",
-              file=sys.stderr)
+        print(f"mecha: internal error: {type(error).__name__}: {one_line(str(error))} (this is a bug; --debug "
+              f"shows the traceback)", file=sys.stderr)
         if debug:
             traceback.print_exc()
         return 3
