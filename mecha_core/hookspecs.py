@@ -1,10 +1,13 @@
-"""The hooks a mecha plugin implements. Each returns an iterable of spec objects; that is all.
+"""The hooks a mecha plugin implements. Each takes no argument and returns a list of spec objects.
 
     from mecha_core import hookimpl
 
     @hookimpl
     def mecha_merge_methods():
         return [my_method]
+
+No hook is ``firstresult``: mecha asks every plugin and gathers the answers into one registry per kind,
+refusing a name that two plugins provide. ``docs/plugins.md`` documents each hook with an example.
 """
 
 from __future__ import annotations
@@ -26,19 +29,39 @@ hookimpl = pluggy.HookimplMarker("mecha")
 
 @hookspec
 def mecha_merge_methods() -> Iterable[MergeMethod]:
-    """Merge methods: objects made with ``@mecha_core.merge_method``."""
+    """Merge methods: functions decorated with ``@mecha_core.merge_method``.
+
+        @hookimpl
+        def mecha_merge_methods():
+            return [capped_lerp]
+    """
 
 
 @hookspec
 def mecha_architectures() -> Iterable[Architecture]:
-    """Architectures: ``mecha_core.Architecture`` objects (keys, components, blocks, classes)."""
+    """Architectures: ``mecha_core.Architecture`` objects (keys, components, blocks, classes).
+
+        @hookimpl
+        def mecha_architectures():
+            return [Architecture("toy_mlp", components, keys)]
+    """
 
 
 @hookspec
 def mecha_model_types() -> Iterable[ModelType]:
-    """Model types: ``mecha_core.ModelType`` objects (how a file's tensors become keys)."""
+    """Model types: ``mecha_core.ModelType`` objects (how a file's tensors become an architecture's keys).
+
+        @hookimpl
+        def mecha_model_types():
+            return [ModelType("diff", MergeSpace.DELTA, open=DiffSource, detect=detect_diff)]
+    """
 
 
 @hookspec
 def mecha_cli_commands() -> Iterable[CliCommand]:
-    """CLI subcommands: ``mecha_core.CliCommand`` objects; a built-in command name is refused."""
+    """CLI subcommands: ``mecha_core.CliCommand`` objects; a built-in command's name is refused.
+
+        @hookimpl
+        def mecha_cli_commands():
+            return [CliCommand("make_toy_mlp", "write a random toy_mlp model", run, add_arguments)]
+    """

@@ -133,35 +133,41 @@ class Plugins:
     def _build(self, attribute: str) -> Registry[Any]:
         hook_name, kind, spec_type = _HOOKS[attribute]
         registry: Registry[Any] = Registry(kind, self.failed)
-        hook = getattr(self.manager.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for record in self.records.values():
+            record.provides.pop(attribute, None)
+        conflicts: list[str] = []
+        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():  # registration order
             record = self.records.get(impl.plugin_name) or PluginRecord(impl.plugin_name)
             if not record.status.startswith("active"):
                 continue
-            try:
-                items = list(impl.function() or ())
-                for item in items:
-                    if not isinstance(item, spec_type):
-                        raise TypeError(f"{hook_name}() returned {item!r}, expected {spec_type.__name__} objects")
-            except Exception as error:
-                self._fail(record, f"{hook_name}() raised {type(error).__name__}: {error}")
+            items, problem = _call_hook(impl, hook_name, spec_type)
+            if problem:
+                self._fail(record, problem)
                 continue
             for item in items:
                 if item.name in registry.items:
                     other = self.records.get(registry.providers[item.name]) or PluginRecord(registry.providers[item.name])
-                    raise PluginError(f"{kind} {item.name!r} is provided by both {other.label} and {record.label}; "
-                                      f"uninstall one of them or limit MECHA_LOAD_PLUGINS")
+                    both = f"twice by {record.label}" if other.name == record.name else \
+                        f"by both {other.label} and {record.label}"
+                    conflicts.append(f"{kind} {item.name!r} is provided {both}")
+                    continue
                 registry.items[item.name] = item
                 registry.providers[item.name] = record.name
                 record.provides.setdefault(attribute, []).append(item.name)
+        if conflicts:  # every conflict at once, after every plugin was asked (`mecha plugins` shows them all)
+            raise PluginError("; ".join(conflicts) + "; uninstall one of them or limit MECHA_LOAD_PLUGINS")
         return registry
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
+        """Mark a plugin failed; it then provides nothing, so registries built before are rebuilt without it."""
         record.status = f"failed: {reason}"
-        message = f"plugin {record.label} failed: {reason}"
-        if self.strict:
-            raise PluginError(message + " (MECHA_STRICT_PLUGINS is set)")
-        warnings.warn(message, PluginWarning, stacklevel=2)
+        record.provides.clear()
+        self._registries.clear()
+        self.report(f"plugin {record.label} failed: {reason}")
+
+    def report(self, message: str) -> None:
+        """A plugin problem: one warning, or an error when the set is strict (``MECHA_STRICT_PLUGINS``)."""
+        report_problem(message, self.strict)
 
     def failed(self) -> list[str]:
         return [r.name for r in self.records.values() if r.status.startswith("failed")]
@@ -172,9 +178,19 @@ class Plugins:
         return self.records.get(plugin) or PluginRecord(plugin)
 
     def load_all_registries(self) -> None:
-        """Build every registry, so that `records` tells what each plugin provides."""
+        """Build every registry, so that `records` tells what each plugin provides.
+
+        A name conflict in one registry does not stop the others from being built; the conflicts are
+        raised together at the end.
+        """
+        conflicts = []
         for attribute in _HOOKS:
-            self._registry(attribute)
+            try:
+                self._registry(attribute)
+            except PluginError as error:
+                conflicts.append(str(error))
+        if conflicts:
+            raise PluginError("; ".join(conflicts))
 
     def register(self, plugin: object, name: str | None = None) -> str:
         """Register a plugin object (a module or any object with hook functions) after loading.
@@ -183,31 +199,76 @@ class Plugins:
         """
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         with self._lock:
+            if name in self.records:
+                self.report(f"plugin name {name!r} is already taken by {self.records[name].label}; "
+                            f"register {plugin!r} under another name")
+                return name
             self.records[name] = _register(self.manager, plugin, name, PluginRecord(name), self)
             self._registries.clear()
         return name
 
 
+def _call_hook(impl: pluggy.HookImpl, hook_name: str, spec_type: type) -> tuple[list[Any], str | None]:
+    """The objects one hook implementation returns, or why they cannot be used."""
+    try:
+        result = impl.function()
+        if result is not None and not isinstance(result, Iterable):
+            return [], f"{hook_name}() returned {result!r}; return a list of {spec_type.__name__} objects"
+        items = list(result or ())
+    except Exception as error:
+        return [], f"{hook_name}() raised {type(error).__name__}: {error}"
+    wrong = next((item for item in items if not isinstance(item, spec_type)), None)
+    if wrong is not None:
+        hint = " (decorate it with @mecha_core.merge_method)" if spec_type is MergeMethod and callable(wrong) else ""
+        return [], f"{hook_name}() returned {wrong!r}, expected {spec_type.__name__} objects{hint}"
+    return items, None
+
+
 def _register(manager: pluggy.PluginManager, plugin: object, name: str, record: PluginRecord,
               plugins: Plugins | None = None, strict: bool = False) -> PluginRecord:
+    """Register one plugin object, or report why it cannot be: it then stays unregistered."""
+    strict = strict or (plugins.strict if plugins else False)
     try:
         manager.register(plugin, name=name)
-        manager.check_pending()
+        problem = _hook_problem(plugin, manager.get_hookcallers(plugin) or [])
     except Exception as error:
-        with contextlib.suppress(Exception):
-            manager.unregister(name=name)
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
         if isinstance(error, pluggy.PluginValidationError):
-            reason = f"invalid hook implementation: {reason}"
-        record.status = f"failed: {reason}"
-        _report(record, strict or (plugins.strict if plugins else False))
+            problem = f"invalid hook implementation: {problem}"
+    if problem:
+        if manager.get_plugin(name) is plugin:  # never unregister another plugin that holds the name
+            manager.unregister(name=name)
+        record.status = f"failed: {problem}"
+        _report(record, strict)
         return record
-    record.hooks = sorted(impl.name for impl in manager.get_hookcallers(plugin) or ())
+    record.hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or ())
     return record
 
 
+def _hook_problem(plugin: object, callers: list[pluggy.HookCaller]) -> str | None:
+    """Why a registered plugin's hooks are unusable: a misspelled hook name, or no hook at all.
+
+    pluggy registers a misspelled hook without complaint and ignores a hook function that lacks
+    ``@hookimpl``: either would be a plugin that loads fine and provides nothing.
+    """
+    hook_names = [hook for hook, _, _ in _HOOKS.values()]
+    misspelled = [caller.name for caller in callers if not caller.has_spec()
+                  and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())]
+    if misspelled:
+        return "invalid hook implementation: " + "; ".join(unknown("hook", name, hook_names) for name in misspelled)
+    if not callers:
+        unmarked = [hook for hook in hook_names if callable(getattr(plugin, hook, None))]
+        return "implements no mecha hook" + (f": decorate {', '.join(unmarked)} with @mecha_core.hookimpl"
+                                             if unmarked else "")
+    return None
+
+
 def _report(record: PluginRecord, strict: bool) -> None:
-    message = f"plugin {record.label} {record.status}"
+    report_problem(f"plugin {record.label} {record.status}", strict)
+
+
+def report_problem(message: str, strict: bool) -> None:
+    """One warning line, or a :class:`PluginError` in strict mode."""
     if strict:
         raise PluginError(message + " (MECHA_STRICT_PLUGINS is set)")
     warnings.warn(message, PluginWarning, stacklevel=3)

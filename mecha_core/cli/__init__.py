@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
-from ..errors import MechaError
+from ..errors import MechaError, PluginError
 from ..plugins import Plugins, PluginWarning, get_plugins
 from . import info_commands, merge_commands, misc_commands
-
-BUILTIN_COMMANDS = ("merge", "compose", "info", "inspect", "plugins", "methods", "demo", "convert")
 
 
 class Terminated(KeyboardInterrupt):
@@ -41,18 +39,45 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
     merge_commands.register(commands, common, plugins)
     info_commands.register(commands, common, plugins)
     misc_commands.register(commands, common, plugins)
-    for name in plugins.cli_commands:
-        command = plugins.cli_commands.get(name)
-        provider = plugins.provider("cli_commands", name)
-        if name in BUILTIN_COMMANDS:
-            warnings.warn(f"plugin {provider.label} tried to replace the built-in command {name!r}; ignored",
-                          PluginWarning, stacklevel=2)
+    _add_plugin_commands(commands, common, plugins)
+    return parser
+
+
+def _add_plugin_commands(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
+    """Add each plugin command, refusing those that would replace a built-in one.
+
+    A broken plugin command (a name clash, options that cannot be declared) is reported and left
+    out, so that every other command, ``mecha plugins`` above all, keeps working.
+    """
+    builtin = set(commands.choices)
+    try:
+        registry = plugins.cli_commands
+    except PluginError as error:
+        plugins.report(f"plugin commands are unavailable: {error}")
+        return
+    for name in registry:
+        command = registry.get(name)
+        provider = plugins.provider("cli_commands", name).label
+        if name in builtin:
+            plugins.report(f"plugin {provider} provides a command {name!r}, which is a built-in command and cannot "
+                           f"be replaced")
             continue
         sub = commands.add_parser(name, parents=[common], help=command.summary, description=command.summary)
-        if command.add_arguments is not None:
-            command.add_arguments(sub)
-        sub.set_defaults(handler=_plugin_handler(command.run, provider.label, name))
-    return parser
+        try:
+            if command.add_arguments is not None:
+                command.add_arguments(sub)
+        except Exception as error:
+            reason = f"command {name!r} from plugin {provider} cannot declare its options: {type(error).__name__}: {error}"
+            plugins.report(reason)
+            sub.set_defaults(handler=_unavailable(reason))
+            continue
+        sub.set_defaults(handler=_plugin_handler(command.run, provider, name))
+
+
+def _unavailable(reason: str) -> Any:
+    def handler(args: argparse.Namespace) -> int:
+        raise PluginError(reason)
+    return handler
 
 
 def _plugin_handler(run: Any, label: str, name: str) -> Any:
