@@ -10,20 +10,22 @@ from mecha_core import MergeError, Same, merge_method
 from .tensor_ops import Tensor, computable
 
 
-def _frequency_radius(spectrum_shape: tuple[int, ...], device: Any) -> Tensor:
+def _frequency_radius(spectrum_shape: tuple[int, ...], like: Tensor) -> Tensor:
     """For each bin of an rfftn spectrum, its frequency relative to the highest, in [0, 1].
 
     The last dimension holds the non-negative half (0 .. Nyquist, spread linearly over [0, 1]); the
-    others hold |f| / (n // 2) in FFT order. Several dimensions combine as the root mean square.
+    others hold |f| / (n // 2) in FFT order. Several dimensions combine as the root mean square. The
+    result has `like`'s device and (real) dtype.
     """
     import torch
 
+    device, dtype = like.device, like.dtype
     axes = []
     for position, size in enumerate(spectrum_shape):
         if position == len(spectrum_shape) - 1 or size == 1:
-            axes.append(torch.linspace(0, 1, size, device=device))
+            axes.append(torch.linspace(0, 1, size, device=device, dtype=dtype))
         else:
-            axes.append(torch.fft.fftfreq(size, device=device).abs() * size / (size // 2))
+            axes.append(torch.fft.fftfreq(size, device=device, dtype=dtype).abs() * size / (size // 2))
     if len(axes) == 1:
         return axes[0]
     grids = torch.meshgrid(*(axis * axis for axis in axes), indexing="ij")
@@ -79,7 +81,7 @@ def crossover(a: Same, b: Same, *, alpha: float = 0.5, tilt: float = 0.0) -> Sam
     shape = tuple(a.shape)
     spectrum_a = torch.fft.rfftn(computable(a), s=shape)
     spectrum_b = torch.fft.rfftn(computable(b), s=shape)
-    share = _crossover_filter(_frequency_radius(tuple(spectrum_a.shape), a.device), alpha, tilt)
+    share = _crossover_filter(_frequency_radius(tuple(spectrum_a.shape), computable(a)), alpha, tilt)
     mixed = spectrum_a + share * (spectrum_b - spectrum_a)
     return torch.fft.irfftn(mixed, s=shape).to(a.dtype)
 
@@ -105,7 +107,7 @@ def distribution_crossover(a: Same, b: Same, c: Same, *, alpha: float = 0.5, til
     line_a = computable(a).reshape(-1)[order]
     line_b = computable(b).reshape(-1)[order]
     spectrum_a, spectrum_b = torch.fft.rfft(line_a), torch.fft.rfft(line_b)
-    share = _crossover_filter(_frequency_radius((spectrum_a.numel(),), a.device), alpha, tilt)
+    share = _crossover_filter(_frequency_radius((spectrum_a.numel(),), line_a), alpha, tilt)
     line = torch.fft.irfft(spectrum_a + share * (spectrum_b - spectrum_a), line_a.numel())
     result = torch.empty_like(line)
     result[order] = line
