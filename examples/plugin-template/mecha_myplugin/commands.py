@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mecha_core import CliCommand, MechaError
-from mecha_core.output_file import save_tensors
+from mecha_core import CliCommand, MechaError, save_tensors
 
 from .architecture import generate
 
