@@ -76,3 +76,10 @@ def test_the_cache_keeps_decompositions_between_calls(methods, monkeypatch):
     out = mc.merge(mc.rotate(*models, alignment=0.5), cache=cache, save_dtype="fp32")
     assert cache and all("proper_rotation" in entry for entry in cache.values())
     close(out["w"].double(), first, atol=1e-5)
+
+
+def test_a_cache_entry_from_other_tensors_is_not_reused():
+    a, b, other = randn(8, 3, seed=1), randn(8, 3, seed=2), randn(8, 3, seed=3)
+    store: dict = {}
+    rotation.rotate.function(a, b, cache=store)
+    close(rotation.rotate.function(a, other, cache=store), rotation.rotate.function(a, other), atol=1e-12)

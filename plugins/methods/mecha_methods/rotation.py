@@ -22,8 +22,9 @@ def rotate(a: Same, b: Same, *, alignment: float = 1.0, alpha: float = 0.0, key:
     fractional power of R, whose reflection is removed first), other integers repeat the rotation.
     alpha: 0 keeps a's neurons' relationships, 1 takes b's (alignment 1 and alpha 1 give b).
     Vectors and 0-d tensors have no neurons to rotate: weighted_sum(a, b, alpha).
-    The SVD and eigendecomposition of each key are kept in the merge's cache when one is given
-    (mecha.merge(..., cache={}) reused across merges), so trying other alignment or alpha values is fast.
+    The SVD and eigendecomposition of a key are kept in the cache the merge is given
+    (mecha.merge(..., cache={})), with a fingerprint of a and b: an entry made from other tensors is
+    recomputed, never reused.
     """
     import torch
 
@@ -40,6 +41,10 @@ def rotate(a: Same, b: Same, *, alignment: float = 1.0, alpha: float = 0.0, key:
 
     fractional = alignment != round(alignment)
     store = cache if cache is not None else {}
+    fingerprint = _fingerprint(x, y)
+    if store.get("inputs") != fingerprint:
+        store.clear()
+        store["inputs"] = fingerprint
     rotation = _cached(store, "proper_rotation" if fractional else "rotation", x.device, x.dtype,
                        lambda: _procrustes(x, y, proper=fractional, key=key))
     if fractional:
@@ -52,6 +57,12 @@ def rotate(a: Same, b: Same, *, alignment: float = 1.0, alpha: float = 0.0, key:
         x = x.lerp(y @ rotation.T, alpha)
     result = x @ transform + centre_a.lerp(centre_b, alignment)
     return result.reshape(a.shape).to(a.dtype)
+
+
+def _fingerprint(x: Tensor, y: Tensor) -> tuple[Any, ...]:
+    """A cheap summary of the centred neurons that tells a cache entry's tensors from others."""
+    return (tuple(x.shape), float(x.sum()), float((x * x).sum()), float(y.sum()), float((y * y).sum()),
+            float((x * y).sum()))
 
 
 def _cached(store: dict[str, Any], name: str, device: Any, dtype: Any, compute: Any) -> Tensor:

@@ -121,7 +121,8 @@ def karcher(*models: Same, max_iter: int = 10, tol: float = 1e-5) -> Same:
     Each tensor (flattened) is split into a direction and a norm; the directions are averaged on the
     hypersphere by iterating m <- exp_m(mean_i log_m(u_i)) from their normalised mean, at most
     `max_iter` times or until the step is below `tol` radians, and the result is m times the mean norm.
-    Inputs with norm <= tol have no direction and only count in the mean norm.
+    Inputs with norm <= tol have no direction and only count in the mean norm; when the directions
+    cancel out (their mean is shorter than tol) there is no mean direction and the result is 0.
     """
     import torch
 

@@ -44,7 +44,8 @@ def _ties_mean(deltas: Sequence[Tensor], *, k: float, vote_sgn: float, apply_sto
 def ties_sum(*models: Delta, k: float = 0.2, vote_sgn: float = 0.0) -> Delta:
     """TIES merging of deltas: trim, elect a sign, average the agreeing entries (arXiv:2306.01708).
 
-    1. each delta keeps its entries whose magnitude is in its top-k fraction (k in [0, 1]; 1 keeps all);
+    1. each delta keeps its entries of magnitude at or above its m-th smallest, m = max(int((1 - k) n), 1)
+       of its n entries: about the top k fraction (k in [0, 1]; 1 keeps all, 0 the largest);
     2. each entry elects a sign: vote_sgn <= 0, the sign of the sum of the trimmed values (the paper);
        vote_sgn > 0, the sign of the sum of their signs, a majority vote ("TIES-SOUP");
     3. the result is the mean of the trimmed values that have the elected sign (0 where none has).
