@@ -37,8 +37,14 @@ class RecipeSyntaxError(RecipeError):
 
 def shown_line(line: str, limit: int = 120) -> str:
     """A recipe line as an error message quotes it: printable, on one line, and not too long."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line.strip())
+    text = printable(line.strip())
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """`text` with control and separator characters escaped (``\x1b``, ``\u2028``): text from a file
+    must not move the cursor, recolour the terminal or forge extra output lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ModelFileError(MechaError):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..architecture import GENERIC, Architecture, generic_architecture
-from ..errors import MechaError
+from ..errors import MechaError, printable
 from ..merge_method import MergeMethod
 from ..planning import detect_model
 from ..plugins import Plugins, get_plugins
@@ -166,7 +166,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
-    print(f"file:         {report['file']} ({report['size_bytes'] / 1e9:.2f} GB)")
+    print(f"file:         {printable(report['file'])} ({report['size_bytes'] / 1e9:.2f} GB)")
     print(f"architecture: {arch_name}" + (f"  ({note})" if note else ""))
     print(f"model type:   {model_type.name} ({model_type.space.value} space)")
     print(f"keys:         {report['keys']} ({parameters / 1e6:.1f} M parameters)"
@@ -177,11 +177,11 @@ def run_inspect(args: argparse.Namespace) -> int:
             shown = keys if args.verbose else keys[:5]
             print(f"{label}: {len(keys)}" + ("" if args.verbose or len(keys) <= 5 else " (first 5; -v lists all)"))
             for key in shown:
-                print(f"  - {key}")
+                print(f"  - {printable(key)}")
     if report["recipe"]:
         print("recipe:")
-        for line in report["recipe"].splitlines():
-            print(f"  {line}")
+        for line in report["recipe"].rstrip("\n").split("\n"):
+            print(f"  {printable(line)}")
     return 0
 
 

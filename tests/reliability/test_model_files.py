@@ -252,3 +252,13 @@ def test_any_data_bytes_are_served_under_a_valid_header(folder):
     path = write_raw(folder / "noise.safetensors", {"w": entry()}, os.urandom(16))
     with mc.open_tensor_file(path) as f:
         assert f.read("w").shape == (2, 2)
+
+
+def test_inspect_does_not_let_a_file_drive_the_terminal(plugins, folder, capsys):
+    """Key names and the stored recipe come from the file: escape sequences are shown, not obeyed."""
+    path = save({"\x1b[2Jwipe": torch.ones(1), "ok": torch.ones(1)}, folder / "m.safetensors",
+                metadata={"mecha_recipe": "version 1\nmodel \"\x1b]0;owned\x07\"\u2028fake line\n"})
+    status, out, _ = run(capsys, "inspect", path, "-v")
+    assert status == 0
+    assert "\x1b" not in out and "\x07" not in out and "\u2028" not in out
+    assert '  model "\\x1b]0;owned\\x07"\\u2028fake line' in out.splitlines()
