@@ -37,7 +37,7 @@ def test_crossover_ends_and_weighted_sum_at_tilt_one():
 
 
 def test_crossover_refuses_alpha_outside_the_unit_range(methods):
-    with pytest.raises(mc.MechaError, match="alpha must be in \\[0, 1\\]"):
+    with pytest.raises(mc.MechaError, match="key 'w': the crossover's alpha must be in"):
         merge_tensors(mc.crossover, randn(4, seed=1), randn(4, seed=2), alpha=1.5)
 
 

@@ -67,7 +67,7 @@ def test_della_keep_probability_follows_the_magnitude_rank():
 
 
 def test_della_checks_its_range_and_elects_signs():
-    with pytest.raises(mc.MergeError, match="density 0.9 \\+/- epsilon 0.15"):
+    with pytest.raises(mc.MergeError, match="della.s density 0.9 \\+/- epsilon 0.15"):
         ta.della.function(BASE, M1, density=(0.9,), epsilon=(0.15,))
     close(ta.della.function(BASE, M1, M2), ta.ties_merge.function(BASE, M1, M2))  # density 1: nothing dropped
     close(ta.della_linear.function(BASE, M1, M2), M1 + M2)

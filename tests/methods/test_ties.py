@@ -86,18 +86,33 @@ def test_dropout_large_overlap_keeps_entries_in_every_delta():
     assert ((result == 2.0).double().mean().item()) > 0.45  # of the half kept, nearly all in both
 
 
-def test_dropout_subset_sizes_match_the_per_subset_definition():
-    """The size-based sampler against sd-mecha's definition over every subset of 4 deltas."""
-    n, p, overlap, emphasis = 4, 0.6, 0.3, 0.5
+def per_subset_probabilities(n: int, p: float, overlap: float, emphasis: float) -> dict[tuple[int, ...], float]:
+    """sd-mecha's definition: a probability for every non-empty subset of the n deltas (times 1 - p)."""
     subsets = [s for size in range(1, n + 1) for s in itertools.combinations(range(n), size)]
     logits = [math.tan(math.pi * (overlap - 0.5)) * (len(s) - n / 2) for s in subsets]
     soft = [math.exp(x) / sum(math.exp(y) for y in logits) for x in logits]
-    binomial = [math.comb(n, len(s)) * p ** len(s) * (1 - p) ** (n - len(s)) / math.comb(n, len(s)) for s in subsets]
+    binomial = [p ** len(s) * (1 - p) ** (n - len(s)) for s in subsets]  # binom.pmf(|S|) / C(n, |S|)
     binomial = [x / sum(binomial) for x in binomial]
     weight = 1 - abs(2 * overlap - 1)
-    per_subset = [s + emphasis * ((s + weight * (b - s)) - s) for s, b in zip(soft, binomial)]
-    by_size = [p] + [(1 - p) * sum(q for s, q in zip(subsets, per_subset) if len(s) == size) for size in range(1, n + 1)]
+    return {s: (1 - p) * (q + emphasis * weight * (b - q)) for s, q, b in zip(subsets, soft, binomial)}
+
+
+def test_dropout_subset_sizes_match_the_per_subset_definition():
+    n, p, overlap, emphasis = 4, 0.6, 0.3, 0.5
+    per_subset = per_subset_probabilities(n, p, overlap, emphasis)
+    by_size = [p] + [sum(q for s, q in per_subset.items() if len(s) == size) for size in range(1, n + 1)]
     close(ties._subset_size_distribution(n, p, overlap, emphasis), by_size, atol=1e-12)
+
+
+def test_dropout_draws_each_subset_as_often_as_defined():
+    deltas = [torch.full((60000,), v, dtype=torch.float64) for v in (1.0, 10.0, 100.0)]
+    p, overlap, emphasis = 0.3, 0.3, 0.5
+    result = ties.dropout.function(*deltas, probability=p, overlap=overlap, overlap_emphasis=emphasis, seed=9)
+    values = (result * (1 - p)).tolist()
+    for subset, probability in per_subset_probabilities(3, p, overlap, emphasis).items():
+        mean = sum((1.0, 10.0, 100.0)[i] for i in subset) / len(subset)  # distinct for every subset
+        frequency = sum(1 for v in values if abs(v - mean) < 1e-9) / len(values)
+        assert abs(frequency - probability) < 0.01, subset
 
 
 def test_dropout_scales_to_many_deltas():

@@ -32,7 +32,7 @@ def _frequency_radius(spectrum_shape: tuple[int, ...], like: Tensor) -> Tensor:
     return (sum(grids) / len(axes)).sqrt()
 
 
-def _crossover_filter(radius: Tensor, alpha: float, tilt: float) -> Tensor:
+def _crossover_filter(radius: Tensor, alpha: float, tilt: float, key: str) -> Tensor:
     """How much of b each frequency bin takes: a cut at radius 1 - alpha whose edge is tilted by `tilt`.
 
     tilt 0 is a hard cut (high frequencies from b); as tilt grows to 1 the edge becomes a ramp of slope
@@ -42,7 +42,7 @@ def _crossover_filter(radius: Tensor, alpha: float, tilt: float) -> Tensor:
     with a and b exchanged. The period is 4.
     """
     if not 0 <= alpha <= 1:
-        raise MergeError(f"crossover: alpha must be in [0, 1], got {alpha}")
+        raise MergeError(f"key {key!r}: the crossover's alpha must be in [0, 1], got {alpha}")
     tilt = tilt % 4
     mirrored = tilt > 2
     if mirrored:
@@ -59,7 +59,7 @@ def _crossover_filter(radius: Tensor, alpha: float, tilt: float) -> Tensor:
 
 
 @merge_method
-def crossover(a: Same, b: Same, *, alpha: float = 0.5, tilt: float = 0.0) -> Same:
+def crossover(a: Same, b: Same, *, alpha: float = 0.5, tilt: float = 0.0, key: str = "") -> Same:
     """Frequency crossover of two models: the low frequencies of a with the high frequencies of b.
 
     Each tensor is taken to the frequency domain (n-dimensional real FFT); a bin at relative frequency
@@ -81,13 +81,14 @@ def crossover(a: Same, b: Same, *, alpha: float = 0.5, tilt: float = 0.0) -> Sam
     shape = tuple(a.shape)
     spectrum_a = torch.fft.rfftn(computable(a), s=shape)
     spectrum_b = torch.fft.rfftn(computable(b), s=shape)
-    share = _crossover_filter(_frequency_radius(tuple(spectrum_a.shape), computable(a)), alpha, tilt)
+    share = _crossover_filter(_frequency_radius(tuple(spectrum_a.shape), computable(a)), alpha, tilt, key)
     mixed = spectrum_a + share * (spectrum_b - spectrum_a)
     return torch.fft.irfftn(mixed, s=shape).to(a.dtype)
 
 
 @merge_method
-def distribution_crossover(a: Same, b: Same, c: Same, *, alpha: float = 0.5, tilt: float = 0.0) -> Same:
+def distribution_crossover(a: Same, b: Same, c: Same, *, alpha: float = 0.5, tilt: float = 0.0,
+                           key: str = "") -> Same:
     """Crossover of a and b along the order of c's values instead of their positions.
 
     The entries of a and b are lined up in the order that sorts c (flattened), crossed over in that
@@ -107,7 +108,7 @@ def distribution_crossover(a: Same, b: Same, c: Same, *, alpha: float = 0.5, til
     line_a = computable(a).reshape(-1)[order]
     line_b = computable(b).reshape(-1)[order]
     spectrum_a, spectrum_b = torch.fft.rfft(line_a), torch.fft.rfft(line_b)
-    share = _crossover_filter(_frequency_radius((spectrum_a.numel(),), line_a), alpha, tilt)
+    share = _crossover_filter(_frequency_radius((spectrum_a.numel(),), line_a), alpha, tilt, key)
     line = torch.fft.irfft(spectrum_a + share * (spectrum_b - spectrum_a), line_a.numel())
     result = torch.empty_like(line)
     result[order] = line

@@ -101,8 +101,8 @@ def _random_drop(density: Sequence[float], rescale: bool, generator: Any) -> Spa
     return drop
 
 
-def _magnitude_ranked_drop(density: Sequence[float], epsilon: Sequence[float], rescale: bool,
-                           generator: Any) -> Sparsify:
+def _magnitude_ranked_drop(density: Sequence[float], epsilon: Sequence[float], rescale: bool, generator: Any,
+                           key: str) -> Sparsify:
     """DELLA: keep probabilities from d - eps (smallest |d| of a row) to d + eps (largest), rescale by 1/p."""
     import torch
 
@@ -113,8 +113,8 @@ def _magnitude_ranked_drop(density: Sequence[float], epsilon: Sequence[float], r
         if d <= 0:
             return torch.zeros_like(delta)
         if d - eps < 0 or d + eps > 1:
-            raise MergeError(f"della: density {d} +/- epsilon {eps} must stay within [0, 1]; "
-                             f"lower epsilon or move density away from 0 and 1")
+            raise MergeError(f"key {key!r}, model {i + 1}: della's density {d} +/- epsilon {eps} must stay within "
+                             f"[0, 1]; lower epsilon or move density away from 0 and 1")
         table = delta.reshape(delta.shape[0], -1) if delta.dim() >= 2 else delta.reshape(1, -1)
         width = table.shape[1]
         ranks = table.abs().argsort(dim=1).argsort(dim=1).to(table.dtype)
@@ -236,11 +236,11 @@ def dare_ties(base: Weight, *models: Weight, weight: tuple[float, ...] = 1.0, de
 @_with_details(_DELLA, _pipeline(consensus=True, normalize=True), _RANDOM)
 def della(base: Weight, *models: Weight, weight: tuple[float, ...] = 1.0, density: tuple[float, ...] = 1.0,
           epsilon: tuple[float, ...] = 0.15, rescale: bool = True, normalize: bool = True, lambda_: float = 1.0,
-          seed: int = 0, generator: Any = None) -> Weight:
+          seed: int = 0, generator: Any = None, key: str = "") -> Weight:
     """DELLA (mergekit's della): magnitude-ranked random drop, rescale, TIES sign election.
     """
     drop = _magnitude_ranked_drop(per_model(density, len(models)), per_model(epsilon, len(models)), rescale,
-                                  rng(generator, seed, base.device))
+                                  rng(generator, seed, base.device), key)
     return _task_arithmetic(base, models, weight, drop, consensus=True, normalize=normalize, lambda_=lambda_)
 
 
@@ -248,11 +248,12 @@ def della(base: Weight, *models: Weight, weight: tuple[float, ...] = 1.0, densit
 @_with_details(_DELLA, _pipeline(consensus=False, normalize=False), _RANDOM)
 def della_linear(base: Weight, *models: Weight, weight: tuple[float, ...] = 1.0,
                  density: tuple[float, ...] = 1.0, epsilon: tuple[float, ...] = 0.15, rescale: bool = True,
-                 normalize: bool = False, lambda_: float = 1.0, seed: int = 0, generator: Any = None) -> Weight:
+                 normalize: bool = False, lambda_: float = 1.0, seed: int = 0, generator: Any = None,
+                 key: str = "") -> Weight:
     """DELLA without sign election (mergekit's della_linear): magnitude-ranked random drop, weighted sum.
     """
     drop = _magnitude_ranked_drop(per_model(density, len(models)), per_model(epsilon, len(models)), rescale,
-                                  rng(generator, seed, base.device))
+                                  rng(generator, seed, base.device), key)
     return _task_arithmetic(base, models, weight, drop, consensus=False, normalize=normalize, lambda_=lambda_)
 
 

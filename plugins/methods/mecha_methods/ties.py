@@ -141,11 +141,15 @@ def _overlap_masks(n: int, like: Tensor, probability: float, overlap: float, emp
         return torch.stack([uniform_like(like, generator) < 1 - probability for _ in range(n)])
     sizes = _subset_size_distribution(n, probability, folded, emphasis)
     choice = torch.multinomial(sizes.to(like.device), max(like.numel(), 1), replacement=True, generator=generator)
-    size = choice[: like.numel()].reshape(like.shape)
-    # a uniformly random subset of each entry's size: the deltas whose random key ranks below it
-    keys = torch.stack([uniform_like(like, generator) for _ in range(n)])
-    ranks = keys.argsort(dim=0).argsort(dim=0)
-    return ranks < size.unsqueeze(0)
+    needed = choice[: like.numel()].reshape(like.shape)
+    # a uniformly random subset of each entry's size (selection sampling): delta i joins with
+    # probability (members still needed) / (deltas left)
+    masks = []
+    for i in range(n):
+        joins = uniform_like(like, generator) * (n - i) < needed
+        needed = needed - joins.to(needed.dtype)
+        masks.append(joins)
+    return torch.stack(masks)
 
 
 def _subset_size_distribution(n: int, probability: float, overlap: float, emphasis: float) -> Tensor:
