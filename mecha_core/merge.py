@@ -92,7 +92,8 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
     `save_as` writes another model type (``lora``)
     with `save_options` (``{"rank": 32}``). `memory_budget` bounds, in bytes, the tensors one worker
     holds for a chunk of an elementwise merge. `cache` (a dict kept between calls) lets methods that
-    ask for it reuse per-key work.
+    ask for it reuse per-key work: calls of one method on the same inputs share an entry, whatever
+    their hyperparameters, so re-merging with another alpha skips the expensive part.
     """
     return merge_with_report(recipe, output, models_dir=models_dir, threads=threads, device=device,
                              work_dtype=work_dtype, save_dtype=save_dtype, fallback_model=fallback_model, drop=drop,

@@ -55,6 +55,7 @@ class Op:
     device: str | None = None
     dtype: str | None = None
     provider: str = ""
+    node: MergeNode | None = None  # the recipe call it evaluates (names the per-key cache)
 
 
 @dataclasses.dataclass
@@ -270,7 +271,7 @@ def _bind(recipe: RecipeNode, leaves: Mapping[int, Leaf], plugins: Plugins) -> O
             if node.method.name in plugins.merge_methods and plugins.merge_methods.get(node.method.name) is node.method:
                 provider = plugins.provider("merge_methods", node.method.name).label
             ops[id(node)] = Op(space=space, method=node.method, inputs=inputs, hypers=dict(node.hypers),
-                               device=node.device, dtype=node.dtype, provider=provider)
+                               device=node.device, dtype=node.dtype, provider=provider, node=node)
         elif isinstance(node, ParameterNode):  # pragma: no cover - refused earlier
             raise RecipeError(f"unfilled parameter {node.name!r}")
     return ops[id(recipe)]

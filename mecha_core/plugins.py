@@ -89,7 +89,7 @@ class Registry(Generic[T]):
         return [self.items[name] for name in self]
 
 
-_HOOKS: dict[str, tuple[str, str, type]] = {
+HOOKS: dict[str, tuple[str, str, type]] = {
     "merge_methods": ("mecha_merge_methods", "merge method", MergeMethod),
     "architectures": ("mecha_architectures", "architecture", Architecture),
     "model_types": ("mecha_model_types", "model type", ModelType),
@@ -131,7 +131,7 @@ class Plugins:
             return self._registries[attribute]
 
     def _build(self, attribute: str) -> Registry[Any]:
-        hook_name, kind, spec_type = _HOOKS[attribute]
+        hook_name, kind, spec_type = HOOKS[attribute]
         registry: Registry[Any] = Registry(kind, self.failed)
         for record in self.records.values():
             record.provides.pop(attribute, None)
@@ -184,7 +184,7 @@ class Plugins:
         raised together at the end.
         """
         conflicts = []
-        for attribute in _HOOKS:
+        for attribute in HOOKS:
             try:
                 self._registry(attribute)
             except PluginError as error:
@@ -251,7 +251,7 @@ def _hook_problem(plugin: object, callers: list[pluggy.HookCaller]) -> str | Non
     pluggy registers a misspelled hook without complaint and ignores a hook function that lacks
     ``@hookimpl``: either would be a plugin that loads fine and provides nothing.
     """
-    hook_names = [hook for hook, _, _ in _HOOKS.values()]
+    hook_names = [hook for hook, _, _ in HOOKS.values()]
     misspelled = [caller.name for caller in callers if not caller.has_spec()
                   and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())]
     if misspelled:

@@ -234,7 +234,10 @@ class KeyRunner:
             context["generator"] = generator
         if self.options.cache is not None and ("cache" in method.context or method.takes_kwargs):
             with self._lock:
-                context["cache"] = self.options.cache.setdefault((id(op), plan.name), {})
+                # shared by calls of this method on the same inputs, whatever their hyperparameters,
+                # so that re-merging with another alpha reuses the expensive part
+                cache_key = (method.name, op.node.inputs if op.node else id(op), plan.name)
+                context["cache"] = self.options.cache.setdefault(cache_key, {})
         try:
             result = method.invoke(args, hypers, context)
         except MechaError:

@@ -113,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = None
     try:
         parser = build_parser(get_plugins())
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:  # usage error (2), or --help/--version (0)
+            return exit_.code if isinstance(exit_.code, int) else 0
         return int(args.handler(args) or 0)
     except MechaError as error:
         print(f"mecha: error: {one_line(str(error))}", file=sys.stderr)

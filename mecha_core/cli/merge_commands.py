@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
-from ..errors import MechaError
+from ..errors import MechaError, PluginError
 from ..merge import NONFINITE_MODES, merge_with_report
 from ..output_file import write_text_atomically
 from ..planning import KeyPlan, MergePlan
@@ -41,13 +41,18 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
     merge.add_argument("--memory-budget", type=_megabytes, metavar="MB",
                        help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
     merge.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    for name in plugins.model_types:
-        model_type = plugins.model_types.get(name)
-        if model_type.encoder is not None and model_type.save_option:
-            merge.add_argument(f"--as-{name}", metavar=model_type.save_option.upper(), dest=f"as_{name}",
-                               help=f"save the result as a {name} model with this {model_type.save_option}")
-    merge.set_defaults(handler=run_merge, save_types=[n for n in plugins.model_types
-                                                     if plugins.model_types.get(n).save_option])
+    save_types = []
+    try:
+        for model_type in plugins.model_types.values():
+            if model_type.encoder is not None and model_type.save_option:
+                save_types.append(model_type.name)
+                merge.add_argument(f"--as-{model_type.name}", metavar=model_type.save_option.upper(),
+                                   dest=f"as_{model_type.name}",
+                                   help=f"save the result as a {model_type.name} model with this "
+                                        f"{model_type.save_option}")
+    except PluginError as error:  # conflicting model types: the other commands must keep working
+        plugins.report(f"no --as-TYPE options: {error}")
+    merge.set_defaults(handler=run_merge, save_types=save_types)
 
     comp = commands.add_parser("compose", parents=[common], help="fill a recipe template's parameters",
                                description="Fill the parameters of a recipe template with models or recipes "

@@ -272,3 +272,28 @@ def test_variadic_methods_leave_out_models_lacking_a_key(plugins):
     assert out["head.weight"].unique().tolist() == [10 + 6]  # the weight 2.0 stays with its model
     out = mc.merge(mc.n_average(one, three), save_dtype="fp32")
     assert out["head.weight"].unique().tolist() == [3.0]
+
+
+def test_the_cache_is_shared_by_calls_on_the_same_inputs_across_merges(plugins):
+    computed = []
+
+    @mc.merge_method
+    def slow(a: mc.Same, *, alpha: float = 1.0, key: str, cache=None) -> mc.Same:
+        if cache is not None and "value" in cache:
+            return cache["value"] * alpha
+        computed.append(key)
+        value = a * 2
+        if cache is not None:
+            cache["value"] = value
+        return value * alpha
+
+    model = toy_model(fill=1)
+    cache: dict = {}
+    mc.merge(slow(model), cache=cache)
+    first = len(computed)
+    out = mc.merge(slow(model), cache=cache, save_dtype="fp32")
+    assert len(computed) == first == 6 and out["head.weight"].unique().tolist() == [2.0]
+    out = mc.merge(slow(model, alpha=0.5), cache=cache, save_dtype="fp32")  # other hyperparameters: reused
+    assert len(computed) == 6 and out["head.weight"].unique().tolist() == [1.0]
+    mc.merge(slow(toy_model(fill=2)), cache=cache)  # other inputs: computed again
+    assert len(computed) == 12
