@@ -3,7 +3,6 @@
 They are not merge methods (a recipe stores the methods they call, so a serialized recipe needs only
 the registered methods); import them from ``mecha_methods``::
 
-    import mecha_core as mecha
     from mecha_methods import add_difference, add_difference_ties
 
     recipe = add_difference("a", "b", "c", alpha=0.5)           # a + 0.5 (b - c), clamped to a and b
@@ -21,18 +20,23 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from mecha_core import MergeSpace, RecipeError, RecipeNode
-from mecha_core.recipe import as_node
+from mecha_core import MergeSpace, RecipeError, RecipeNode, model
 
 from . import clamping, linear, region, rotation, stock, ties
 
 ModelLike = RecipeNode | str | os.PathLike[str] | Mapping[str, Any]
 
 
-def _task_vector(model: RecipeNode, base: RecipeNode, options: dict[str, Any]) -> RecipeNode:
-    if model.space is MergeSpace.DELTA:
-        return model
-    return linear.subtract(model, base, **options)
+def _node(value: ModelLike) -> RecipeNode:
+    """A recipe node for a model given as a path, a name, a state dict or a recipe."""
+    return value if isinstance(value, RecipeNode) else model(value)
+
+
+def _task_vector(node: RecipeNode, base: RecipeNode, options: dict[str, Any]) -> RecipeNode:
+    """The model's difference from the base, unless it is one already."""
+    if node.space is MergeSpace.DELTA:
+        return node
+    return linear.subtract(node, base, **options)
 
 
 def add_difference(a: ModelLike, b: ModelLike, c: ModelLike | None = None, *, alpha: Any = 1.0,
@@ -43,8 +47,8 @@ def add_difference(a: ModelLike, b: ModelLike, c: ModelLike | None = None, *, al
     (b is then a model like a), or when a and b are both known deltas, as sd-mecha did.
     """
     options = {"device": device, "dtype": dtype}
-    a, b = as_node(a), as_node(b)
-    difference = linear.subtract(b, as_node(c), **options) if c is not None else b
+    a, b = _node(a), _node(b)
+    difference = linear.subtract(b, _node(c), **options) if c is not None else b
     result = linear.add_difference(a, difference, alpha=alpha, **options)
     if clamp_to_ab is None:
         clamp_to_ab = (a.space is not MergeSpace.DELTA) if c is not None else (
@@ -61,7 +65,7 @@ def add_perpendicular(a: ModelLike, b: ModelLike, c: ModelLike, *, alpha: Any = 
                       dtype: Any = None) -> RecipeNode:
     """a + alpha (the part of b - c orthogonal to a - c): add what b learned from c that a did not."""
     options = {"device": device, "dtype": dtype}
-    a, b, c = as_node(a), as_node(b), as_node(c)
+    a, b, c = _node(a), _node(b), _node(c)
     orthogonal = linear.perpendicular_component(linear.subtract(a, c, **options), linear.subtract(b, c, **options),
                                                 **options)
     return linear.add_difference(a, orthogonal, alpha=alpha, **options)
@@ -71,8 +75,8 @@ def add_difference_ties(base: ModelLike, *models: ModelLike, alpha: Any, k: Any 
                         dtype: Any = None) -> RecipeNode:
     """base + alpha ties_sum(task vectors of the models, k): TIES merging of models onto their base."""
     options = {"device": device, "dtype": dtype}
-    base = as_node(base)
-    deltas = [_task_vector(as_node(m), base, options) for m in models]
+    base = _node(base)
+    deltas = [_task_vector(_node(m), base, options) for m in models]
     return linear.add_difference(base, ties.ties_sum(*deltas, k=k, **options), alpha=alpha, **options)
 
 
@@ -85,8 +89,8 @@ def ties_with_dare(base: ModelLike, *models: ModelLike, probability: Any = 0.9, 
     The hyperparameters are those of ties_sum_with_dropout; alpha scales the merged delta.
     """
     options = {"device": device, "dtype": dtype}
-    base = as_node(base)
-    deltas = [_task_vector(as_node(m), base, options) for m in models]
+    base = _node(base)
+    deltas = [_task_vector(_node(m), base, options) for m in models]
     merged = ties.ties_sum_with_dropout(*deltas, probability=probability, no_rescale=no_rescale, k=k,
                                         vote_sgn=vote_sgn, apply_stock=apply_stock, cos_eps=cos_eps,
                                         apply_median=apply_median, eps=eps, maxiter=maxiter, ftol=ftol, seed=seed,
@@ -98,8 +102,8 @@ def model_stock_n_models(base: ModelLike, *models: ModelLike, cos_eps: Any = 1e-
                          dtype: Any = None) -> RecipeNode:
     """base + model_stock_for_tensor(task vectors): sd-mecha's Model Stock over any number of models."""
     options = {"device": device, "dtype": dtype}
-    base = as_node(base)
-    deltas = [_task_vector(as_node(m), base, options) for m in models]
+    base = _node(base)
+    deltas = [_task_vector(_node(m), base, options) for m in models]
     return linear.add_difference(base, stock.model_stock_for_tensor(*deltas, cos_eps=cos_eps, **options),
                                  alpha=1.0, **options)
 
@@ -111,11 +115,11 @@ def copy_region(a: ModelLike, b: ModelLike, c: ModelLike | None = None, *, width
     With c, the copy is done between the differences a - c and b - c, and c is added back.
     """
     options = {"device": device, "dtype": dtype}
-    a, b = as_node(a), as_node(b)
+    a, b = _node(a), _node(b)
     method = region.top_k_tensor_sum if top_k else region.tensor_sum
     if c is None:
         return method(a, b, width=width, offset=offset, **options)
-    c = as_node(c)
+    c = _node(c)
     copied = method(linear.subtract(a, c, **options), linear.subtract(b, c, **options), width=width, offset=offset,
                     **options)
     return linear.add_difference(c, copied, alpha=1.0, **options)
@@ -129,10 +133,10 @@ def rotate(a: ModelLike, b: ModelLike, c: ModelLike | None = None, *, alignment:
     ``cache={}`` to mecha.merge to reuse the decompositions across merges.
     """
     options = {"device": device, "dtype": dtype}
-    a, b = as_node(a), as_node(b)
+    a, b = _node(a), _node(b)
     if c is None:
         return rotation.rotate(a, b, alignment=alignment, alpha=alpha, **options)
-    c = as_node(c)
+    c = _node(c)
     rotated = rotation.rotate(linear.subtract(a, c, **options), linear.subtract(b, c, **options),
                               alignment=alignment, alpha=alpha, **options)
     return linear.add_difference(c, rotated, alpha=1.0, **options)

@@ -14,7 +14,7 @@ def rotate(a: Same, b: Same, *, alignment: float = 1.0, alpha: float = 0.0, key:
            cache: Any = None) -> Same:
     """Rotate a's neurons onto b's (orthogonal Procrustes), then optionally move towards b.
 
-    A tensor is read as a set of neurons: the rows of a matrix, the rows of (out, in * kernel) for a
+    A tensor is read as a set of neurons: the rows of a matrix, the rows of (out, in) for a
     1x1 convolution, each (out, in) pair's kernel for a larger one. Both sets are centred; R is the
     orthogonal matrix that best maps a's neurons onto b's (R = U V^T from the SVD of a^T b).
     result = (lerp(a, b R^T, alpha)) R^alignment + lerp(centre_a, centre_b, alignment), all centred.
