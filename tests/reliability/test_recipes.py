@@ -209,3 +209,15 @@ def test_the_python_api_raises_the_same_errors(plugins, folder):
         mc.weighted_sum("a.safetensors", "b.safetensors", dtype="cat")
     with pytest.raises(mc.RecipeError, match=r"the space is 'weight' or 'delta', not 5"):
         mc.parameter("p", 5)  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(strict=True, reason="planning.py provides()/usable_inputs() and scheduler.py KeyRunner._op() "
+                                       "recurse once per level of the recipe: a chain of ~330 merges exhausts "
+                                       "Python's recursion limit and the merge fails with an internal error "
+                                       "(RecursionError, exit 3); walk the tree iteratively, as recipe.walk() does")
+def test_a_long_chain_of_merges_runs(plugins, folder, capsys):
+    lines = ['model "a.safetensors"', 'model "b.safetensors"', 'merge "weighted_sum" &0 &1']
+    lines += [f'merge "weighted_sum" &{i + 1} &1' for i in range(1, 400)]
+    recipe = recipe_file(folder, "\n".join(lines) + "\n")
+    status, _, err = run(capsys, "merge", recipe, "-o", "deep.safetensors", "--quiet")
+    assert status == 0, err
