@@ -262,3 +262,10 @@ def test_inspect_does_not_let_a_file_drive_the_terminal(plugins, folder, capsys)
     assert status == 0
     assert "\x1b" not in out and "\x07" not in out and "\u2028" not in out
     assert '  model "\\x1b]0;owned\\x07"\\u2028fake line' in out.splitlines()
+
+
+def test_an_in_memory_model_holding_what_a_file_cannot_is_refused(plugins):
+    with pytest.raises(mc.ModelFileError, match=r"^<in-memory model>: key 'step' holds a int, expected a tensor$"):
+        mc.merge(mc.weighted_sum({"w": torch.ones(2), "step": 5}, {"w": torch.ones(2)}))
+    with pytest.raises(mc.ModelFileError, match=r"key 'z' has dtype complex64, which safetensors cannot store"):
+        mc.merge(mc.weighted_sum({"z": torch.ones(2, dtype=torch.complex64)}, {"z": torch.ones(2)}))
