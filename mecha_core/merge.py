@@ -142,7 +142,7 @@ def _layout(plan: MergePlan) -> list[tuple[str, str, tuple[int, ...]]]:
     layout = []
     for key in plan.keys:
         if plan.encoder is not None and key.merge:
-            layout.extend(plan.encoder.layout(key.name, key.shape))
+            layout.extend((name, dtype_name, shape) for name, shape, dtype_name in plan.encoder.layout(key.name, key.shape))
         else:
             layout.append((key.name, key.out_dtype, key.shape))
     names = [name for name, _, _ in layout]

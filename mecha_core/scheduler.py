@@ -116,7 +116,7 @@ class KeyRunner:
         if encoder is not None:
             result = self._evaluate(plan, None, present)
             written = 0
-            for (name, dtype_name, _), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
+            for (name, _, dtype_name), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
                 out = tensor.to(device="cpu", dtype=dtypes.to_torch(dtype_name)).contiguous()
                 self.sink.write(name, out)
                 written += out.numel() * out.element_size()
