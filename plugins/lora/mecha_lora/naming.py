@@ -1,0 +1,177 @@
+"""Which checkpoint key each LoRA module name stands for, in every naming that trainers write.
+
+For an architecture, every conv/linear layer a LoRA can express gets:
+
+- its *kohya* name, the one mecha writes (``lora_unet_...``, ``lora_te_...``/``lora_te1_...``): diffusers
+  module names for an SD1 UNet, SGM names for SDXL's (as kohya's sd-scripts write them), the reference
+  names for SD3's MMDiT, Hugging Face names for text encoders (so the fused ``in_proj_weight`` of
+  OpenCLIP is three modules, q, k and v);
+- the other spellings it is read under: the other UNet naming, ``unet.``/``text_encoder.`` +
+  diffusers/Hugging Face paths (diffusers and PEFT files), and for SD3 ``transformer.``,
+  ``base_model.model.`` and ``lora_transformer_`` + diffusers MMDiT paths (diffusers, PEFT, OneTrainer).
+
+Text encoders are numbered in the architecture's component order: ``lora_te_`` when there is one,
+``lora_te1_``, ``lora_te2_``, ``lora_te3_`` otherwise (SD3's T5 is ``lora_te3_``). Embeddings, norms,
+biases and OpenCLIP's transposed ``text_projection`` have no LoRA name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import re
+from collections.abc import Iterable, Iterator
+
+from mecha_core import Architecture, KeySpec
+
+from . import mmdit_names, unet_names
+from .networks import CLIP, LDM_UNET, MMDIT, OPEN_CLIP, T5, TEXT_ENCODERS, Network, find_networks
+
+# kohya's sd-scripts train SDXL on a UNet with the SGM module names; every other LDM UNet (SD1/SD2)
+# on diffusers' UNet2DConditionModel, whose names the LoRA then carries.
+SGM_NAMED_UNETS = frozenset({"sdxl"})
+# OpenCLIP layer (below resblocks.N) -> Hugging Face CLIP layer(s) below text_model.encoder.layers.N
+_OPEN_CLIP_LAYERS = {"attn.in_proj_weight": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                     "attn.out_proj.weight": ("self_attn.out_proj",), "mlp.c_fc.weight": ("mlp.fc1",),
+                     "mlp.c_proj.weight": ("mlp.fc2",)}
+_RESBLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a LoRA module's delta goes: a checkpoint key, or row block `part` of `parts` equal ones of
+    it (one of q, k, v of a fused projection); `swap`: its two row halves are in the other order."""
+
+    key: str
+    part: int = 0
+    parts: int = 1
+    swap: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraNames:
+    """The LoRA names of one architecture.
+
+    ``targets``: every module name read, under any naming, with where it goes. ``kohya``: for every
+    key a LoRA can express, the kohya module names mecha writes for it (one per row block).
+    ``trained``: the keys of the layers kohya's LoRA network trains (with conv layers, as LoCon).
+    """
+
+    architecture: str
+    targets: dict[str, Target]
+    kohya: dict[str, tuple[str, ...]]
+    trained: tuple[str, ...]
+
+    def nearest(self, name: str) -> str | None:
+        """The accepted module name closest to `name`, for error messages."""
+        close = difflib.get_close_matches(name, self.targets, n=1, cutoff=0.5)
+        return close[0] if close else None
+
+
+class _Builder:
+    def __init__(self, architecture: str) -> None:
+        self.architecture = architecture
+        self.targets: dict[str, Target] = {}
+        self.kohya: dict[str, tuple[str, ...]] = {}
+        self.trained: list[str] = []
+
+    def layer(self, key: str, kohya: tuple[str, ...], others: Iterable[tuple[str, Target]], trained: bool) -> None:
+        self.kohya[key] = kohya
+        for part, name in enumerate(kohya):
+            self._add(name, Target(key, part, len(kohya)))
+        for name, target in others:
+            self._add(name, target)
+        if trained:
+            self.trained.append(key)
+
+    def _add(self, name: str, target: Target) -> None:
+        known = self.targets.setdefault(name, target)
+        if known != target:
+            raise ValueError(f"architecture {self.architecture!r}: LoRA name {name!r} would stand for both "
+                             f"{known.key!r} and {target.key!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def lora_names(architecture: Architecture) -> LoraNames | None:
+    """The LoRA names of an architecture (computed once), or None when it holds no network a LoRA targets."""
+    networks = find_networks(architecture)
+    if not networks:
+        return None
+    builder = _Builder(architecture.name)
+    encoders = [net for net in networks if net.kind in TEXT_ENCODERS]
+    for net in networks:
+        if net.kind in TEXT_ENCODERS:
+            _text_encoder(builder, net, encoders.index(net), len(encoders))
+        elif net.kind == LDM_UNET:
+            _unet(builder, net, sgm_named=architecture.name in SGM_NAMED_UNETS)
+        elif net.kind == MMDIT:
+            _mmdit(builder, net)
+    return LoraNames(architecture.name, builder.targets, builder.kohya, tuple(builder.trained))
+
+
+def _underscored(path: str) -> str:
+    return path.replace(".", "_")
+
+
+def _text_encoder(builder: _Builder, net: Network, index: int, count: int) -> None:
+    kohya_prefix = "lora_te_" if count == 1 else f"lora_te{index + 1}_"
+    peft_prefix = "text_encoder." if index == 0 else f"text_encoder_{index + 1}."
+    for spec, paths, trained in _text_layers(net):
+        others = [(peft_prefix + path, Target(spec.name, part, len(paths))) for part, path in enumerate(paths)]
+        builder.layer(spec.name, tuple(kohya_prefix + _underscored(p) for p in paths), others, trained)
+
+
+def _text_layers(net: Network) -> Iterator[tuple[KeySpec, tuple[str, ...], bool]]:
+    """(key, its Hugging Face module paths, whether kohya trains it) for the encoder's linear layers:
+    those of the transformer layers (attention and MLP), and CLIP's ``text_projection``."""
+    for spec in net.specs:
+        path = net.relative(spec)
+        if net.kind == OPEN_CLIP:
+            match = _RESBLOCK.match(path)
+            if match and match.group(2) in _OPEN_CLIP_LAYERS:
+                layer = f"text_model.encoder.layers.{match.group(1)}."
+                yield spec, tuple(layer + name for name in _OPEN_CLIP_LAYERS[match.group(2)]), True
+            continue
+        if not path.endswith(".weight") or len(spec.shape) != 2:
+            continue
+        module = path.removesuffix(".weight")
+        if net.kind == CLIP and module.startswith("text_model.encoder.layers."):
+            yield spec, (module,), True
+        elif net.kind == CLIP and module == "text_projection":
+            yield spec, (module,), False
+        elif net.kind == T5 and module.startswith("encoder.block.") and not module.endswith("relative_attention_bias"):
+            yield spec, (module,), True
+
+
+def _conv_or_linear(net: Network) -> dict[str, KeySpec]:
+    """Module path -> key, for the network's conv and linear weights (norms and biases are 1-D)."""
+    return {net.relative(s).removesuffix(".weight"): s for s in net.specs
+            if s.name.endswith(".weight") and len(s.shape) >= 2}
+
+
+def _unet(builder: _Builder, net: Network, *, sgm_named: bool) -> None:
+    layers = _conv_or_linear(net)
+    diffusers = unet_names.diffusers_names(layers)
+    for path, spec in layers.items():
+        sgm = "lora_unet_" + _underscored(path)
+        names = [sgm]
+        if path in diffusers:
+            names += ["lora_unet_" + _underscored(diffusers[path]), "unet." + diffusers[path]]
+        kohya = sgm if sgm_named or path not in diffusers else names[1]
+        trained = path.startswith(("input_blocks.", "middle_block.", "output_blocks.")) and \
+            not path.startswith("input_blocks.0.")  # conv_in is not part of kohya's LoRA network
+        builder.layer(spec.name, (kohya,), [(n, Target(spec.name)) for n in names if n != kohya], trained)
+
+
+def _mmdit(builder: _Builder, net: Network) -> None:
+    layers = _conv_or_linear(net)
+    diffusers = mmdit_names.diffusers_names(layers)
+    for path, spec in layers.items():
+        others = []
+        paths, swap = diffusers.get(path, ((), False))
+        for part, name in enumerate(paths):
+            target = Target(spec.name, part, len(paths), swap)
+            others += [(f"transformer.{name}", target), (f"base_model.model.{name}", target),
+                       (f"lora_transformer_{_underscored(name)}", target)]
+        builder.layer(spec.name, ("lora_unet_" + _underscored(path),), others, path.startswith("joint_blocks."))

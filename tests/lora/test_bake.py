@@ -1,0 +1,114 @@
+"""Baking LoRAs into tiny SD1, SDXL and SD3 checkpoints, and mixing them, checked key by key against the
+deltas the test composes itself (tests/lora/oracle.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mecha_core as mc
+from mecha_core.testing import tiny_model, write_model
+from mecha_lora.generation import random_lora
+
+from .oracle import composed, kohya_targets
+
+ARCHS = ["sd1", "sdxl", "sd3"]
+
+
+def files(plugins, tmp_path, arch, *seeds, lora_dtype=torch.float32):
+    """A tiny checkpoint and LoRAs (one per seed) of `arch`, written to disk; returns the tensors and paths."""
+    architecture = plugins.architectures.get(arch)
+    base = tiny_model(arch, seed=1)
+    loras = [random_lora(architecture, rank=4, seed=seed, dtype=lora_dtype) for seed in seeds]
+    paths = [write_model(base, tmp_path / f"{arch}.safetensors")]
+    paths += [write_model(lora, tmp_path / f"{arch}-lora{seed}.safetensors") for seed, lora in zip(seeds, loras)]
+    return base, loras, paths
+
+
+def check(merged, base, expected):
+    """Every key of `expected` is base + that delta; every other key is the base's, bit for bit."""
+    assert merged.keys() == base.keys()
+    for key, tensor in merged.items():
+        if key in expected:
+            torch.testing.assert_close(tensor.double(), base[key].double() + expected[key], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, key=key: f"{key}: {m}")
+        else:
+            assert torch.equal(tensor, base[key]), key
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_baking_adds_alpha_times_each_modules_product(plugins, tmp_path, arch):
+    base, (lora,), (model_path, lora_path) = files(plugins, tmp_path, arch, 2)
+    merged = mc.merge(mc.add_difference(model_path, lora_path, alpha=0.8), save_dtype=torch.float32)
+    deltas = composed(lora, kohya_targets(arch, base), base)
+    assert len(deltas) > 300
+    check(merged, base, {key: 0.8 * delta for key, delta in deltas.items()})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_two_loras_mix_in_delta_space(plugins, tmp_path, arch):
+    base, (one, two), (model_path, one_path, two_path) = files(plugins, tmp_path, arch, 2, 3,
+                                                               lora_dtype=torch.float16)
+    mix = mc.weighted_sum(one_path, two_path, alpha=0.25)
+    merged = mc.merge(mc.add_difference(model_path, mix, alpha=1.0), save_dtype=torch.float32)
+    targets = kohya_targets(arch, base)
+    first, second = composed(one, targets, base), composed(two, targets, base)
+    check(merged, base, {key: 0.75 * first[key] + 0.25 * second[key] for key in first})
+
+
+def test_baking_two_loras_one_after_the_other(plugins, tmp_path):
+    base, (one, two), (model_path, one_path, two_path) = files(plugins, tmp_path, "sd1", 2, 3)
+    recipe = mc.add_difference(mc.add_difference(model_path, one_path, alpha=0.5), two_path, alpha=-1.0)
+    merged = mc.merge(recipe, save_dtype=torch.float32)
+    targets = kohya_targets("sd1", base)
+    first, second = composed(one, targets, base), composed(two, targets, base)
+    check(merged, base, {key: 0.5 * first[key] - second[key] for key in first})
+
+
+def test_a_lora_of_the_unet_alone_leaves_the_text_encoder_unchanged(plugins, tmp_path):
+    base, (lora,), (model_path, _) = files(plugins, tmp_path, "sd1", 2)
+    unet_only = {name: tensor for name, tensor in lora.items() if name.startswith("lora_unet_")}
+    path = write_model(unet_only, tmp_path / "unet-only.safetensors")
+    merged = mc.merge(mc.add_difference(model_path, path, alpha=1.0), save_dtype=torch.float32)
+    deltas = composed(unet_only, kohya_targets("sd1", base), base)
+    assert all(key.startswith("model.diffusion_model.") for key in deltas)
+    check(merged, base, deltas)
+
+
+def test_block_and_class_values_apply_to_lora_deltas(plugins, tmp_path):
+    base, (lora,), (model_path, lora_path) = files(plugins, tmp_path, "sd1", 2)
+    alpha = (mc.default("sd1", "unet", 1.0) | mc.blocks("sd1", "unet", in1=0.5)
+             | mc.classes("sd1", "unet", attn2_to_k=0.0) | mc.default("sd1", "txt", 0.25))
+    merged = mc.merge(mc.add_difference(model_path, lora_path, alpha=alpha), save_dtype=torch.float32)
+
+    def value(key):  # the test's reading of the keys: class value, else block value, else component default
+        if key.endswith(".attn2.to_k.weight"):
+            return 0.0
+        if key.startswith("model.diffusion_model.input_blocks.1."):
+            return 0.5
+        return 1.0 if key.startswith("model.diffusion_model.") else 0.25
+
+    deltas = composed(lora, kohya_targets("sd1", base), base)
+    check(merged, base, {key: value(key) * delta for key, delta in deltas.items()})
+
+
+def test_a_missing_q_k_or_v_block_of_a_fused_projection_adds_nothing_there(plugins, tmp_path):
+    base, (lora,), (model_path, _) = files(plugins, tmp_path, "sdxl", 2)
+    layer = "lora_te2_text_model_encoder_layers_0_self_attn_"
+    partial = {name: tensor for name, tensor in lora.items() if not name.startswith((layer + "k_", layer + "v_"))}
+    path = write_model(partial, tmp_path / "partial.safetensors")
+    merged = mc.merge(mc.add_difference(model_path, path, alpha=1.0), save_dtype=torch.float32)
+    deltas = composed(partial, kohya_targets("sdxl", base), base)
+    fused = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+    width = base[fused].shape[1]
+    assert deltas[fused][:width].abs().sum() > 0 and deltas[fused][width:].abs().sum() == 0
+    check(merged, base, deltas)
+
+
+def test_a_loras_deltas_alone_merge_into_a_file_of_deltas(plugins, tmp_path):
+    base, (lora,), (_, lora_path) = files(plugins, tmp_path, "sdxl", 2)
+    merged = mc.merge(mc.model(lora_path), save_dtype=torch.float32)
+    deltas = composed(lora, kohya_targets("sdxl", base), base)
+    assert merged.keys() == deltas.keys()
+    for key, delta in deltas.items():
+        torch.testing.assert_close(merged[key].double(), delta, rtol=1e-5, atol=1e-7)
