@@ -112,3 +112,12 @@ def test_a_loras_deltas_alone_merge_into_a_file_of_deltas(plugins, tmp_path):
     assert merged.keys() == deltas.keys()
     for key, delta in deltas.items():
         torch.testing.assert_close(merged[key].double(), delta, rtol=1e-5, atol=1e-7)
+
+
+def test_a_key_only_one_mixed_lora_targets_gets_that_loras_whole_delta(plugins, tmp_path):
+    base, (lora,), (model_path, _) = files(plugins, tmp_path, "sd1", 2)
+    unet = write_model({k: v for k, v in lora.items() if k.startswith("lora_unet_")}, tmp_path / "unet.safetensors")
+    text = write_model({k: v for k, v in lora.items() if k.startswith("lora_te_")}, tmp_path / "text.safetensors")
+    mix = mc.weighted_sum(unet, text, alpha=0.25)  # no key is in both: each input stands in for the mix
+    merged = mc.merge(mc.add_difference(model_path, mix, alpha=1.0), save_dtype=torch.float32)
+    check(merged, base, composed(lora, kohya_targets("sd1", base), base))
