@@ -132,3 +132,13 @@ def test_a_weight_space_recipe_cannot_be_saved_as_a_lora(plugins, tmp_path):
     with pytest.raises(mc.MechaError, match=r"saving as lora needs a recipe in delta space \(subtract\(finetune, "
                                             r"base\) gives one\)"):
         saved(mc.model(model), tmp_path / "out.safetensors", 4)
+
+
+def test_a_delta_holding_nan_is_refused_by_key_and_nothing_is_written(plugins, tmp_path):
+    base = tiny_model("sd1", seed=1)
+    key = "model.diffusion_model.input_blocks.1.1.proj_out.weight"
+    broken = {**base, key: base[key].clone().fill_(float("nan"))}
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(mc.MechaError, match=f"key '{key}': cannot save as a LoRA, the SVD of its delta failed"):
+        saved(mc.subtract(broken, base), out, 4)
+    assert list(tmp_path.iterdir()) == []

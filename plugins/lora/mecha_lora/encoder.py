@@ -81,12 +81,7 @@ class LoraEncoder:
         matrix = tensor.to(wide).reshape(tensor.shape[0], -1)
         tensors = []
         for block in range(len(names)):
-            part = matrix[block * rows:(block + 1) * rows]
-            try:
-                u, s, vh = torch.linalg.svd(part, full_matrices=False)
-            except RuntimeError as error:  # a delta holding NaN or inf has no SVD
-                raise MechaError(f"key {key!r}: cannot save as a LoRA, the SVD of its delta failed ({error}); "
-                                 f"check the inputs for NaN/inf values") from None
+            u, s, vh = _svd(key, matrix[block * rows:(block + 1) * rows])
             root = s[:rank].sqrt()
             down = (root[:, None] * vh[:rank]).reshape(rank, *tensor.shape[1:])
             up = u[:, :rank] * root
@@ -94,3 +89,16 @@ class LoraEncoder:
                 up = up.reshape(rows, rank, 1, 1)
             tensors += [down, up, torch.tensor(float(rank))]
         return tensors
+
+
+def _svd(key: str, matrix: Any) -> tuple[Any, Any, Any]:
+    """U, S, V^T of a matrix. LAPACK's divide and conquer is several times faster on a tall matrix than on
+    its wide transpose (a 1280 x 23040 conv delta: 20 s against 3.5 s), so a wide one is decomposed as such."""
+    import torch
+    wide = matrix.shape[0] < matrix.shape[1]
+    try:
+        u, s, vh = torch.linalg.svd(matrix.T if wide else matrix, full_matrices=False)
+    except RuntimeError as error:  # a delta holding NaN or inf has no SVD
+        raise MechaError(f"key {key!r}: cannot save as a LoRA, the SVD of its delta failed ({error}); check the "
+                         f"inputs for NaN/inf values") from None
+    return (vh.T, s, u.T) if wide else (u, s, vh)

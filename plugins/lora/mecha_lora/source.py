@@ -39,7 +39,7 @@ class Factors:
 
 
 @dataclasses.dataclass(frozen=True)
-class KeyPlan:
+class DeltaPlan:
     """How one checkpoint key's delta is made: its shape, and the factors of each of its `parts` row blocks."""
 
     shape: tuple[int, ...]
@@ -101,7 +101,7 @@ class LoraSource:
         return self.file.read(factors.down).reshape(factors.rank, factors.columns).to(torch.float32)
 
     # checks, once per file ------------------------------------------------------------------------
-    def _plan(self, key: str, pieces: list[tuple[Module, Target]], architecture: Architecture) -> KeyPlan:
+    def _plan(self, key: str, pieces: list[tuple[Module, Target]], architecture: Architecture) -> DeltaPlan:
         checked = [(self._factors(module), target) for module, target in pieces]
         names = ", ".join(module.name for module, _ in pieces)
         parts = {target.parts for _, target in checked}
@@ -124,7 +124,7 @@ class LoraSource:
             shape = (rows, first.columns // math.prod(first.kernel), *first.kernel)
         else:
             shape = (rows, first.columns)
-        return KeyPlan(shape, tuple((f, t.part) for f, t in checked), checked[0][1].parts, checked[0][1].swap)
+        return DeltaPlan(shape, tuple((f, t.part) for f, t in checked), checked[0][1].parts, checked[0][1].swap)
 
     def _factors(self, module: Module) -> Factors:
         where = f"{self.label}: LoRA module {module.name!r}"
