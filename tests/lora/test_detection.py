@@ -92,3 +92,12 @@ def test_a_broken_module_is_refused_by_name(plugins, tmp_path, change, problem):
     with pytest.raises(mc.MechaError) as error:
         mc.merge(mc.add_difference(model, path))
     assert f"{path}: LoRA module {module!r}" in str(error.value) and problem in str(error.value)
+
+
+def test_a_loha_is_refused_as_unsupported(plugins, tmp_path):
+    module = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    loha = {f"{module}.{part}": torch.zeros(2, 8) for part in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+    path = write_model({**loha, f"{module}.alpha": torch.tensor(2.0)}, tmp_path / "loha.safetensors")
+    with pytest.raises(mc.MechaError, match=r"but these fit no layer of sd1: tensor .*hada_w1_a, .*LoHa, LoKr, DoRA "
+                                            r"and Tucker \(lora_mid\) layers are not supported"):
+        detect(plugins, path)

@@ -16,7 +16,7 @@ from mecha_core.tensor_files import TensorFile, TensorInfo
 from .lora_file import DOWN, UNSUPPORTED_MARKERS, UNSUPPORTED_NOTE, UP, Grouped, Module, group, is_lora
 from .naming import LoraNames, Target, lora_names
 
-SHOWN = 10  # unplaced tensors named in an error message
+SHOWN = 10  # names listed in an error message
 
 
 def detect(file: TensorFile, architectures: Mapping[str, Architecture]) -> str | None:
@@ -33,8 +33,10 @@ def detect(file: TensorFile, architectures: Mapping[str, Architecture]) -> str |
     best = max(((placed, fits) for placed, fits, _ in scored), default=(0, 0))
     if best[0] == 0:
         known = ", ".join(sorted(architectures)) or "none installed"
+        unsupported = f" ({UNSUPPORTED_NOTE})" if _unsupported(grouped.strays) else ""
         raise MechaError(f"{file.label}: looks like a LoRA, but none of its {len(grouped.modules)} modules is a "
-                         f"layer of a known architecture ({known}); first: {_shown(sorted(grouped.modules))}")
+                         f"layer of a known architecture ({known}); first: "
+                         f"{_shown(sorted(grouped.modules) or sorted(grouped.strays))}{unsupported}")
     winners = [names for placed, fits, names in scored if (placed, fits) == best]
     if len(winners) > 1:
         found = ", ".join(sorted(n.architecture for n in winners))
@@ -70,10 +72,14 @@ def unplaced(label: str, grouped: Grouped, names: LoraNames) -> None:
     listed = [f"module {name}" for name in missing] + [f"tensor {name}" for name in sorted(grouped.strays)]
     nearest = names.nearest(missing[0]) if missing else None
     hint = f"; the nearest layer name to {missing[0]!r} is {nearest!r}" if nearest else ""
-    if any(marker in name for name in grouped.strays + missing for marker in UNSUPPORTED_MARKERS):
+    if _unsupported(grouped.strays):
         hint += f" ({UNSUPPORTED_NOTE})"
     raise MechaError(f"{label}: a LoRA for {names.architecture} ({placed} of {len(grouped.modules)} modules placed), "
                      f"but these fit no layer of {names.architecture}: {_shown(listed)}{hint}")
+
+
+def _unsupported(tensors: list[str]) -> bool:
+    return any(marker in tensor for tensor in tensors for marker in UNSUPPORTED_MARKERS)
 
 
 def _shown(names: list[str]) -> str:
