@@ -155,13 +155,13 @@ def match_by_keys(architecture: Architecture, tensors: Mapping[str, Any]) -> Arc
     return ArchitectureMatch(architecture.name, missing, unknown, len(present & specs.keys()))
 
 
-def pick_architecture(candidates: Sequence[Architecture], tensors: Mapping[str, Any]) -> tuple[Architecture | None, str]:
-    """The architecture a file belongs to, or None with a note of why none fits.
+def pick_architecture(matches: Sequence[tuple[Architecture, ArchitectureMatch]]) -> tuple[Architecture | None, str]:
+    """The architecture a file belongs to, from how well each candidate matched its keys, or None
+    with a note of why none fits.
 
     Detection is a decision among peers: every architecture is asked, the ones that match compete
     on how few unknown keys they leave, and a tie is reported rather than settled by install order.
     """
-    matches = [(arch, arch.match(tensors)) for arch in candidates]
     fitting = [(arch, m) for arch, m in matches if m.matches]
     if fitting:
         fitting.sort(key=lambda pair: (len(pair[1].unknown), pair[0].name))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dtypes, hyper
-from .architecture import GENERIC, Architecture, KeySpec, generic_architecture, generic_key_spec, pick_architecture
+from .architecture import GENERIC, Architecture, ArchitectureMatch, KeySpec, generic_architecture, generic_key_spec, pick_architecture
 from .errors import MechaError, MergeError, RecipeError
 from .merge_method import MergeMethod
 from .model_type import BASE, KeySource, ModelType, OutputEncoder
@@ -125,9 +125,10 @@ def plan_merge(recipe: RecipeNode, options: MergeOptions, plugins: Plugins) -> M
                           f"compose() or `mecha compose`")
     leaves_by_node: dict[int, Leaf] = {}
     opened: list[Leaf] = []
+    architectures = working_architectures(plugins)
     try:
         for node in recipe.models():
-            leaf = _open_leaf(node, options, plugins)
+            leaf = _open_leaf(node, options, plugins, architectures)
             opened.append(leaf)
             leaves_by_node[id(node)] = leaf
         fallback = None
@@ -135,7 +136,7 @@ def plan_merge(recipe: RecipeNode, options: MergeOptions, plugins: Plugins) -> M
             fallback_node = options.fallback_model
             if not isinstance(fallback_node, ModelNode):
                 raise RecipeError("the fallback model must be a single model, not a recipe")
-            fallback = _open_leaf(fallback_node, options, plugins)
+            fallback = _open_leaf(fallback_node, options, plugins, architectures)
             opened.append(fallback)
         leaves = [leaves_by_node[id(node)] for node in recipe.models()]
         _check_spaces(recipe, leaves_by_node)
@@ -154,7 +155,8 @@ def plan_merge(recipe: RecipeNode, options: MergeOptions, plugins: Plugins) -> M
     return MergePlan(root, architecture, leaves, fallback, keys, options, encoder, notes)
 
 
-def _open_leaf(node: ModelNode, options: MergeOptions, plugins: Plugins) -> Leaf:
+def _open_leaf(node: ModelNode, options: MergeOptions, plugins: Plugins,
+               architectures: Mapping[str, Architecture]) -> Leaf:
     if node.is_dict:
         file: TensorFile = DictTensors(node.source)  # type: ignore[arg-type]
         path = None
@@ -162,20 +164,56 @@ def _open_leaf(node: ModelNode, options: MergeOptions, plugins: Plugins) -> Leaf
         path = resolve_model_path(str(node.source), options.models_dirs)
         file = open_tensor_file(path)
     try:
-        model_type, arch_name, note = detect_model(file, plugins, arch=node.arch, model_type=node.type)
+        model_type, arch_name, note = detect_model(file, plugins, arch=node.arch, model_type=node.type,
+                                                   architectures=architectures)
     except BaseException:
         file.close()
         raise
     return Leaf(node, file.label, path, file, model_type, arch_name, note)
 
 
-def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None,
-                 model_type: str | None = None) -> tuple[ModelType, str, str]:
+def working_architectures(plugins: Plugins) -> dict[str, Architecture]:
+    """The registered architectures that can list their keys; one whose plugin fails to is reported
+    as a plugin problem (naming the plugin) and left out, so it cannot break every merge."""
+    usable = {}
+    for name in plugins.architectures:
+        arch = plugins.architectures.get(name)
+        try:
+            arch.key_specs
+        except Exception as error:
+            _report_broken(plugins, name, "could not list its keys", error)
+            continue
+        usable[name] = arch
+    return usable
+
+
+def _report_broken(plugins: Plugins, name: str, what: str, error: Exception) -> None:
+    provider = plugins.provider("architectures", name).label
+    plugins.report(f"architecture {name!r} from plugin {provider} {what} ({type(error).__name__}: {error}); "
+                   f"it is skipped")
+
+
+def _matches(architectures: Mapping[str, Architecture], file: TensorFile,
+             plugins: Plugins) -> list[tuple[Architecture, ArchitectureMatch]]:
+    found = []
+    for name, arch in architectures.items():
+        try:
+            found.append((arch, arch.match(file.tensors)))
+        except Exception as error:
+            _report_broken(plugins, name, f"failed to inspect {file.label}", error)
+    return found
+
+
+def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None, model_type: str | None = None,
+                 architectures: Mapping[str, Architecture] | None = None) -> tuple[ModelType, str, str]:
     """The model type and architecture of an opened file, as given or detected, with a note on why
-    no architecture fits when the generic one is used."""
-    architectures = {name: plugins.architectures.get(name) for name in plugins.architectures}
-    if arch is not None and arch != GENERIC:
-        plugins.architectures.get(arch)
+    no architecture fits when the generic one is used. `architectures` defaults to
+    :func:`working_architectures`."""
+    if architectures is None:
+        architectures = working_architectures(plugins)
+    if arch is not None and arch != GENERIC and arch not in architectures:
+        plugins.architectures.get(arch)  # an unknown name: the error lists the nearest ones
+        raise MechaError(f"{file.label}: architecture {arch!r} is unusable (see the plugin warning above)")
     if model_type is not None:
         given_type = plugins.model_types.get(model_type)
         if arch is not None:
@@ -213,7 +251,7 @@ def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None,
         if arch != GENERIC and file.tensors and architectures[arch].match(file.tensors).present == 0:
             raise MechaError(f"{file.label}: none of its keys belong to architecture {arch!r}; check arch={arch!r}")
         return found_type, arch, ""
-    picked, note = pick_architecture(list(architectures.values()), file.tensors)
+    picked, note = pick_architecture(_matches(architectures, file, plugins))
     return found_type, picked.name if picked else GENERIC, note
 
 
@@ -223,7 +261,10 @@ def _check_spaces(recipe: RecipeNode, leaves: Mapping[int, Leaf]) -> None:
         if isinstance(node, ModelNode):
             spaces[id(node)] = leaves[id(node)].space
         elif isinstance(node, MergeNode):
-            spaces[id(node)] = infer_space(node.method, node.inputs, [spaces[id(i)] for i in node.inputs])
+            try:
+                spaces[id(node)] = infer_space(node.method, node.inputs, [spaces[id(i)] for i in node.inputs])
+            except RecipeError as error:
+                raise node.origin.error(error) if node.origin else error from None
 
 
 def _settle_architecture(leaves: Sequence[Leaf], plugins: Plugins, notes: list[str]) -> Architecture:
@@ -248,7 +289,8 @@ def _settle_architecture(leaves: Sequence[Leaf], plugins: Plugins, notes: list[s
         described = []
         for name in sorted(names):
             leaf = next(leaf for leaf in leaves if leaf.arch_name == name)
-            what = f"is {name}" if name != GENERIC else f"is not a known architecture ({leaf.note})"
+            kind = f"a {leaf.type.name} for " if leaf.type.name != BASE else ""
+            what = f"is {kind}{name}" if name != GENERIC else f"is not a known architecture ({leaf.note})"
             described.append(f"{leaf.label} {what}")
         raise MergeError("cannot merge models of different architectures: " + "; ".join(described))
     name = names.pop()
@@ -303,18 +345,20 @@ def _encoder(root: Op, architecture: Architecture, options: MergeOptions, plugin
 
 def provides(op: Op, key: str, memo: dict[int, bool]) -> bool:
     """Whether `op` yields a value for `key`: its method can run (see :func:`usable_inputs`), or an
-    input in its own space has the key and stands in for it."""
-    known = memo.get(id(op))
-    if known is not None:
-        return known
-    if op.leaf is not None:
-        assert op.leaf.source is not None
-        result = key in op.leaf.source.keys()
-    else:
-        result = usable_inputs(op, key, memo) is not None or any(
-            i.space == op.space and provides(i, key, memo) for i in op.inputs)
-    memo[id(op)] = result
-    return result
+    input in its own space has the key and stands in for it.
+
+    Computed bottom-up without recursion, so a recipe hundreds of merges deep is fine; `memo` keeps
+    the answer of every node visited (and may be pre-filled, e.g. with inputs treated as missing)."""
+    for node in _unknown_post_order(op, memo):
+        if node.leaf is not None:
+            assert node.leaf.source is not None
+            result = key in node.leaf.source.keys()
+        else:
+            have = [memo[id(i)] for i in node.inputs]
+            result = _usable(node, have) is not None or any(
+                i.space == node.space and h for i, h in zip(node.inputs, have))
+        memo[id(node)] = result
+    return memo[id(op)]
 
 
 def usable_inputs(op: Op, key: str, memo: dict[int, bool]) -> list[int] | None:
@@ -323,7 +367,10 @@ def usable_inputs(op: Op, key: str, memo: dict[int, bool]) -> list[int] | None:
     Every input must have the key, except the ``*models`` of a variadic method: those lacking it are
     left out (a mean of the models that have the key), as long as one of them remains.
     """
-    have = [provides(i, key, memo) for i in op.inputs]
+    return _usable(op, [provides(i, key, memo) for i in op.inputs])
+
+
+def _usable(op: Op, have: list[bool]) -> list[int] | None:
     if all(have):
         return list(range(len(have)))
     assert op.method is not None
@@ -334,6 +381,24 @@ def usable_inputs(op: Op, key: str, memo: dict[int, bool]) -> list[int] | None:
     if not all(have[:fixed]) or len(kept) == fixed:
         return None
     return kept
+
+
+def _unknown_post_order(root: Op, known: Mapping[int, Any]) -> list[Op]:
+    """The nodes under `root` (itself included) not in `known`, each after all its inputs."""
+    order: list[Op] = []
+    placed: set[int] = set(known)
+    stack: list[tuple[Op, bool]] = [(root, False)]
+    while stack:
+        op, expanded = stack.pop()
+        if id(op) in placed:
+            continue
+        if expanded:
+            placed.add(id(op))
+            order.append(op)
+            continue
+        stack.append((op, True))
+        stack.extend((i, False) for i in reversed(op.inputs) if id(i) not in placed)
+    return order
 
 
 def _tree_chunkable(root: Op) -> bool:

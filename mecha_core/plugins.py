@@ -215,7 +215,7 @@ def _call_hook(impl: pluggy.HookImpl, hook_name: str, spec_type: type) -> tuple[
         if result is not None and not isinstance(result, Iterable):
             return [], f"{hook_name}() returned {result!r}; return a list of {spec_type.__name__} objects"
         items = list(result or ())
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         return [], f"{hook_name}() raised {type(error).__name__}: {error}"
     wrong = next((item for item in items if not isinstance(item, spec_type)), None)
     if wrong is not None:
@@ -318,7 +318,7 @@ def load_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None = 
         plugins.records[record.name] = record
         try:
             plugin = entry_point.load()
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # a plugin's sys.exit() at import must not end mecha
             record.status = f"failed: cannot import {entry_point.value}: {type(error).__name__}: {error}"
             _report(record, strict)
             continue

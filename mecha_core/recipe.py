@@ -7,6 +7,7 @@ models each method takes, hyperparameter names and values, and merge spaces as f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dtypes
-from .errors import RecipeError, unknown
+from .errors import MechaError, RecipeError, RecipeSyntaxError, unknown
 from .merge_method import NODE_OPTIONS, HyperSpec, MergeMethod, describe_mismatch
 from .spaces import SAME, MergeSpace
 
@@ -113,6 +114,19 @@ class ParameterNode(RecipeNode):
         return f"parameter({self.name!r}, {self._space.value!r})"
 
 
+@dataclasses.dataclass(frozen=True)
+class RecipeLine:
+    """A line of a recipe file: which file (or ``None`` for text), its number and its text."""
+
+    source: str | None
+    number: int
+    text: str
+
+    def error(self, error: MechaError) -> RecipeSyntaxError:
+        """`error`, told as happening on this line."""
+        return RecipeSyntaxError(str(error), line_number=self.number, line=self.text, source=self.source)
+
+
 class MergeNode(RecipeNode):
     """A call of a merge method on input nodes with hyperparameters."""
 
@@ -124,6 +138,9 @@ class MergeNode(RecipeNode):
         self._space = space
         self.device = device
         self.dtype = dtype
+        # where a parsed recipe wrote this call, for errors found later (when the models are opened);
+        # not part of the node's identity
+        self.origin: RecipeLine | None = None
 
     @classmethod
     def build(cls, method: MergeMethod, inputs: tuple[RecipeNode, ...], hypers: Mapping[str, Any], *,

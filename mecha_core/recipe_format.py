@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MechaError, RecipeError, RecipeSyntaxError
-from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, walk
+from .recipe import MergeNode, ModelNode, ParameterNode, RecipeLine, RecipeNode, walk
 
 FORMAT_VERSION = "1"
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
@@ -139,6 +139,8 @@ class _Parser:
                 tokens = _tokenize(line)
                 if tokens:
                     self._instruction(tokens, number)
+                    if isinstance(self.values[-1], MergeNode):
+                        self.values[-1].origin = RecipeLine(self.source, number, line)
             except _LineError as error:
                 raise RecipeSyntaxError(str(error), line_number=number, line=line, source=self.source) from None
             except MechaError as error:

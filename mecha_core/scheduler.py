@@ -105,6 +105,7 @@ class KeyRunner:
         if not plan.merge:
             assert plan.copy_from is not None and plan.copy_from.source is not None
             tensor = plan.copy_from.source.read(plan.name)
+            self._check_finite(plan, tensor, [plan.copy_from.label])
             self.sink.write(plan.name, tensor.contiguous())
             return tensor.numel() * tensor.element_size()
         present: dict[int, bool] = {}
@@ -115,6 +116,7 @@ class KeyRunner:
         encoder = self.plan.encoder
         if encoder is not None:
             result = self._evaluate(plan, None, present)
+            self._check_finite(plan, result)
             written = 0
             for (name, _, dtype_name), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
                 out = tensor.to(device="cpu", dtype=dtypes.to_torch(dtype_name)).contiguous()
@@ -138,12 +140,17 @@ class KeyRunner:
         self.sink.write(plan.name, out)
         return out.numel() * out.element_size()
 
-    def _check_finite(self, plan: KeyPlan, out: Any) -> None:
-        if self.options.nonfinite == "ignore" or _all_finite(self.torch, out):
+    def _check_finite(self, plan: KeyPlan, out: Any, culprits: list[str] | None = None) -> None:
+        """Apply the ``nonfinite`` option to a result (or a part of it); `culprits` are the inputs to
+        blame when known, else the inputs holding NaN/inf at the key are looked up (once per key)."""
+        if self.options.nonfinite == "ignore" or not out.is_floating_point() or _all_finite(self.torch, out):
             return
-        culprits = [leaf.label for leaf in self.plan.leaves
-                    if plan.name in leaf.source.keys()  # type: ignore[union-attr]
-                    and not _all_finite(self.torch, leaf.source.read(plan.name))]  # type: ignore[union-attr]
+        if self.options.nonfinite == "warn" and plan.name in self.nonfinite:
+            return  # another chunk of this key was already reported
+        if culprits is None:
+            culprits = [leaf.label for leaf in self.plan.leaves
+                        if plan.name in leaf.source.keys()  # type: ignore[union-attr]
+                        and not _all_finite(self.torch, leaf.source.read(plan.name))]  # type: ignore[union-attr]
         where = f"inputs with NaN/inf at this key: {', '.join(culprits)}" if culprits else \
             "the inputs are finite: the merge method or the cast to the save dtype produced them"
         if self.options.nonfinite == "fail":
@@ -176,41 +183,52 @@ class KeyRunner:
         return out.numel() * out.element_size()
 
     def _evaluate(self, plan: KeyPlan, region: tuple[int, int] | None, present: dict[int, bool]) -> Any:
+        """The recipe's value for one key (or one flat region of it).
+
+        Walks the tree with an explicit stack, so a recipe hundreds of merges deep is fine: each
+        method node is visited once to decide what it needs (the inputs that have the key, or the
+        input standing in for it), then once more, after those, to compute. A value is freed as soon
+        as its last consumer has run."""
         memo: dict[int, Any] = {}
         remaining = dict(self.uses)
         present = dict(present)
+        needs: dict[int, tuple[list[int], Op | None]] = {}
+        stack: list[Op] = [self.plan.root]
+        while stack:
+            op = stack.pop()
+            if id(op) in memo:
+                continue
+            if op.leaf is not None:
+                source = op.leaf.source
+                assert source is not None
+                memo[id(op)] = source.read(plan.name) if region is None else source.read_flat(plan.name, *region)
+                continue
+            if id(op) not in needs:
+                positions = usable_inputs(op, plan.name, present)
+                delegate = None if positions is not None else next(
+                    c for c in op.inputs if c.space == op.space and provides(c, plan.name, present))
+                needs[id(op)] = (positions or [], delegate)
+                stack.append(op)
+                stack.extend(reversed([delegate] if delegate else [op.inputs[i] for i in positions or []]))
+                continue
+            positions, delegate = needs[id(op)]
+            memo[id(op)] = memo[id(delegate)] if delegate else self._call(op, positions, plan, memo, remaining)
+        result = memo[id(self.plan.root)]
         expected = (region[1] - region[0],) if region else plan.shape
-        result = self._op(self.plan.root, plan, region, memo, remaining, present)
         if tuple(result.shape) != tuple(expected):
             raise MergeError(f"key {plan.name!r}: the recipe produced shape {list(result.shape)}, "
                              f"expected {list(expected)}")
         return result
 
-    def _op(self, op: Op, plan: KeyPlan, region: tuple[int, int] | None, memo: dict[int, Any],
-            remaining: dict[int, int], present: dict[int, bool]) -> Any:
-        if id(op) in memo:
-            return memo[id(op)]
-        if op.leaf is not None:
-            source = op.leaf.source
-            assert source is not None
-            value = source.read(plan.name) if region is None else source.read_flat(plan.name, *region)
-        elif (positions := usable_inputs(op, plan.name, present)) is not None:
-            value = self._call(op, positions, plan, region, memo, remaining, present)
-        else:
-            delegate = next(c for c in op.inputs if c.space == op.space and provides(c, plan.name, present))
-            value = self._op(delegate, plan, region, memo, remaining, present)
-        memo[id(op)] = value
-        return value
-
-    def _call(self, op: Op, positions: list[int], plan: KeyPlan, region: tuple[int, int] | None,
-              memo: dict[int, Any], remaining: dict[int, int], present: dict[int, bool]) -> Any:
+    def _call(self, op: Op, positions: list[int], plan: KeyPlan, memo: dict[int, Any],
+              remaining: dict[int, int]) -> Any:
         method = op.method
         assert method is not None
         device = op.device or self.options.device
         work = dtypes.to_torch(op.dtype or self.options.work_dtype)
         args = []
         for child in (op.inputs[i] for i in positions):
-            value = self._op(child, plan, region, memo, remaining, present)
+            value = memo[id(child)]
             keep_dtype = method.stored_inputs and child.leaf is not None and value.is_floating_point()
             args.append(value.to(device=device) if keep_dtype else value.to(device=device, dtype=work))
         for child in op.inputs:
@@ -255,8 +273,10 @@ class KeyRunner:
 def _all_finite(torch: Any, tensor: Any) -> bool:
     """Whether a tensor holds no NaN or inf: min and max propagate both, in one pass ~20x faster than
     ``isfinite(x).all()``."""
-    if tensor.numel() == 0:
+    if tensor.numel() == 0 or not tensor.is_floating_point():
         return True
+    if tensor.element_size() == 1:  # float8: no min/max kernels on CPU; float16 holds every value
+        tensor = tensor.to(torch.float16)
     low, high = torch.aminmax(tensor.reshape(-1))
     return bool(torch.isfinite(low) & torch.isfinite(high))
 

@@ -130,12 +130,10 @@ class SafetensorsFile:
 
     def close(self) -> None:
         with self._lock:
-            if self._mmap is not None:
-                try:
-                    self._mmap.close()
-                except BufferError:
-                    pass  # a tensor still views the map; the OS unmaps it when that tensor is freed
-                self._mmap = None
+            # the map is dropped, not closed: tensors read from it hold a reference to it and stay
+            # valid; it is unmapped when the last of them is freed (closing it would unmap memory
+            # those tensors still point to)
+            self._mmap = None
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

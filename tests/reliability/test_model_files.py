@@ -230,6 +230,16 @@ def test_a_file_of_only_zero_size_tensors_opens(folder):
         assert f.read("f").shape == (0,)
 
 
+def test_a_tensor_read_before_the_file_is_closed_stays_valid(folder):
+    """Reads are views of a memory map; closing the file must not pull the memory from under them."""
+    path = save({"w": torch.arange(6, dtype=torch.float32)}, folder / "m.safetensors")
+    with mc.open_tensor_file(path) as f:
+        whole, part = f.read("w"), f.read_flat("w", 2, 5)
+    assert whole.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] and part.tolist() == [2.0, 3.0, 4.0]
+    with pytest.raises(mc.ModelFileError, match="file was closed"):
+        f.read("w")
+
+
 NON_ASCII = ["ключ.вес", "层.0.权重", "café.weight", "emoji😀.bias", "tab\tand\"quote"]
 
 

@@ -101,9 +101,6 @@ def test_an_unknown_mode_is_a_usage_error(folder, capsys):
     assert status == 2 and "argument --nonfinite: invalid choice: 'maybe'" in err
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler.py KeyRunner.run: the copy branch (keys taken unchanged from "
-                                       "--fallback or passed through) should run the non-finite check on float "
-                                       "tensors; today a NaN there is copied without a word")
 def test_a_non_finite_key_copied_from_the_fallback_is_reported(folder, capsys):
     save({"good": torch.ones(4), "bad": torch.ones(4)}, folder / "b.safetensors")  # the recipe's inputs: finite
     save({"vae": torch.tensor([math.nan, 1.0])}, folder / "c.safetensors")
@@ -111,10 +108,6 @@ def test_a_non_finite_key_copied_from_the_fallback_is_reported(folder, capsys):
     assert status == 1 and "key 'vae'" in err and "c.safetensors" in err
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler.py _all_finite: torch.aminmax (and isfinite) are not implemented "
-                                       "for float8 on CPU; upcast float8 tensors (e.g. to float16) before the check. "
-                                       "Today a NaN result from an fp8 input, and every fp8 merge with --nonfinite "
-                                       "skip, is an internal error (exit 3)")
 def test_a_non_finite_float8_input_is_reported(plugins, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save({"w": torch.tensor([1.0, math.nan]).to(torch.float8_e4m3fn)}, tmp_path / "a.safetensors")

@@ -171,23 +171,16 @@ def test_a_missing_recipe_file(plugins, folder, capsys):
 
 
 def test_a_space_mismatch_found_when_models_are_opened(plugins, folder, capsys):
-    """Without type=, a model's space is known only once its file is opened: still refused before writing."""
+    """Without type=, a model's space is known only once its file is opened: still refused before writing,
+    naming the recipe line."""
     recipe = recipe_file(folder, HEAD + 'merge "add_difference" &0 &1\n')
     before = snapshot(folder)
     status, _, err = run(capsys, "merge", recipe, "-o", "out.safetensors")
     assert status == 1
-    assert error_line(err) == ("mecha: error: merge method 'add_difference': input 'b' must be in delta space, but it "
-                               "is in weight space (b.safetensors)")
+    assert error_line(err) == (f"mecha: error: {recipe} line 3: merge method 'add_difference': input 'b' must be in "
+                               f"delta space, but it is in weight space (b.safetensors) (in: merge \"add_difference\" "
+                               f"&0 &1)")
     assert snapshot(folder) == before
-
-
-@pytest.mark.xfail(strict=True, reason="planning.py _check_spaces should prefix the error with the recipe line of "
-                                       "the merge (the parser would record it on each MergeNode): a space mismatch "
-                                       "found when the files are opened names no line today")
-def test_a_space_mismatch_found_when_models_are_opened_names_its_line(plugins, folder, capsys):
-    recipe = recipe_file(folder, HEAD + 'merge "add_difference" &0 &1\n')
-    status, _, err = run(capsys, "merge", recipe, "-o", "out.safetensors")
-    assert status == 1 and f"{recipe} line 3" in err
 
 
 def test_an_unfilled_parameter(plugins, folder, capsys):
@@ -211,10 +204,6 @@ def test_the_python_api_raises_the_same_errors(plugins, folder):
         mc.parameter("p", 5)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="planning.py provides()/usable_inputs() and scheduler.py KeyRunner._op() "
-                                       "recurse once per level of the recipe: a chain of ~330 merges exhausts "
-                                       "Python's recursion limit and the merge fails with an internal error "
-                                       "(RecursionError, exit 3); walk the tree iteratively, as recipe.walk() does")
 def test_a_long_chain_of_merges_runs(plugins, folder, capsys):
     lines = ['model "a.safetensors"', 'model "b.safetensors"', 'merge "weighted_sum" &0 &1']
     lines += [f'merge "weighted_sum" &{i + 1} &1' for i in range(1, 400)]
