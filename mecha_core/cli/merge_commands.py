@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
+from ..allocator import keep_freed_memory
 from ..errors import MechaError, PluginError
 from ..merge import NONFINITE_MODES, merge_with_report
 from ..output_file import write_text_atomically
@@ -104,6 +105,7 @@ def run_merge(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else _default_output(args.recipe)
     progress = _Progress(quiet=args.quiet)
     started = time.perf_counter()
+    keep_freed_memory()
     _, report = merge_with_report(
         recipe, output, models_dir=args.models_dir, threads=args.threads, device=args.device,
         work_dtype=args.work_dtype and dtypes.parse(args.work_dtype, dtypes.WORK_DTYPES, "work dtype"),

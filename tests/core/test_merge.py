@@ -75,6 +75,8 @@ def test_chunked_path_is_used_and_correct(plugins, tmp_path):
     a, b = torch.arange(300_000.0).reshape(600, 500), torch.ones(600, 500)
     out = mc.merge(spy({"x.weight": a}, {"x.weight": b}), save_dtype="fp32", memory_budget=1 << 20)
     assert len(calls) > 1 and all(len(shape) == 1 for shape in calls)  # flat chunks
+    # of whole rows, 32 at a time (a LoRA composes a chunk's rows, 32 per matmul)
+    assert all(shape[0] % (500 * 32) == 0 for shape in calls[:-1]) and sum(s[0] for s in calls) == 300_000
     assert out["x.weight"].equal(a + b)
 
 

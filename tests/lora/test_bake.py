@@ -121,3 +121,21 @@ def test_a_key_only_one_mixed_lora_targets_gets_that_loras_whole_delta(plugins, 
     mix = mc.weighted_sum(unet, text, alpha=0.25)  # no key is in both: each input stands in for the mix
     merged = mc.merge(mc.add_difference(model_path, mix, alpha=1.0), save_dtype=torch.float32)
     check(merged, base, composed(lora, kohya_targets("sd1", base), base))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_chunk_of_a_delta_is_the_same_bytes_as_the_whole_delta_sliced(plugins, tmp_path, arch):
+    """Elementwise merges read LoRA deltas in flat chunks, composing only the rows a chunk covers: chunks
+    crossing rows, q/k/v blocks and (SD3) the halves of a swapped layer equal the whole delta, bit for bit."""
+    _, _, (_, lora_path) = files(plugins, tmp_path, arch, 2)
+    model_type = plugins.model_types.get("lora")
+    with mc.open_tensor_file(lora_path) as file:
+        source = model_type.open(file, plugins.architectures.get(arch))
+        generator = torch.Generator().manual_seed(0)
+        for key in source.keys():
+            whole = source.read(key).reshape(-1)
+            size = whole.numel()
+            cuts = sorted({0, size, *torch.randint(0, size + 1, (6,), generator=generator).tolist()})
+            for start, stop in zip(cuts, cuts[1:]):
+                part = source.read_flat(key, start, stop)
+                assert part.dtype == torch.float32 and torch.equal(part, whole[start:stop]), (key, start, stop)

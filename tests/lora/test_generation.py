@@ -34,3 +34,12 @@ def test_real_size_modules_have_the_shapes_of_their_layers(plugins):
             down, up = layout[name]
             assert (up[0] * len(names.kohya[key]), *down[1:]) == shape and down[0] == up[1] == 32
             assert up[2:] == ((1, 1) if len(shape) == 4 else ())
+
+
+def test_a_plain_lora_leaves_out_the_kxk_convolutions_a_locon_trains(plugins):
+    architecture = plugins.architectures.get("sdxl")
+    locon = {name: down for name, down, _ in lora_layout(architecture, 8)}
+    plain = {name: down for name, down, _ in lora_layout(architecture, 8, conv=False)}
+    kxk = {name for name, down in locon.items() if len(down) == 4 and down[2:] != (1, 1)}
+    assert kxk and all(down[2:] == (3, 3) for name, down in locon.items() if name in kxk)
+    assert plain == {name: down for name, down in locon.items() if name not in kxk}

@@ -28,9 +28,11 @@ from .naming import lora_names
 Shape = tuple[int, ...]
 
 
-def lora_layout(architecture: Architecture, rank: int, *, tiny: bool = False) -> list[tuple[str, Shape, Shape]]:
+def lora_layout(architecture: Architecture, rank: int, *, tiny: bool = False,
+                conv: bool = True) -> list[tuple[str, Shape, Shape]]:
     """(module name, down shape, up shape) of every layer kohya trains; `tiny`: for the shapes of
-    ``architecture.generate(tiny=True)``."""
+    ``architecture.generate(tiny=True)``; ``conv=False``: without the k x k convolutions (a plain LoRA,
+    as kohya trains without ``conv_dim``, rather than a LoCon)."""
     names = lora_names(architecture)
     if names is None:
         raise MechaError(f"architecture {architecture.name!r} has no layer a LoRA can target")
@@ -38,11 +40,12 @@ def lora_layout(architecture: Architecture, rank: int, *, tiny: bool = False) ->
     layout = []
     for key in names.trained:
         shape = shapes[key]
+        if not conv and len(shape) == 4 and shape[2:] != (1, 1):
+            continue
         modules = names.kohya[key]
         rows = shape[0] // len(modules)
-        conv = len(shape) == 4
-        for name in modules:
-            layout.append((name, (rank, *shape[1:]), (rows, rank, 1, 1) if conv else (rows, rank)))
+        up = (rows, rank, 1, 1) if len(shape) == 4 else (rows, rank)
+        layout.extend((name, (rank, *shape[1:]), up) for name in modules)
     return layout
 
 
@@ -74,13 +77,14 @@ def random_lora(architecture: Architecture, *, rank: int = 4, seed: int = 0, tin
 
 
 def write_random_lora(path: str | os.PathLike[str], architecture: Architecture, rank: int = 32, seed: int = 0,
-                      tiny: bool = False, *, dtype: Any = None) -> Path:
-    """Write a random LoRA (float16 unless `dtype`) one module at a time, in constant memory, atomically."""
+                      tiny: bool = False, *, dtype: Any = None, conv: bool = True) -> Path:
+    """Write a random LoRA (float16 unless `dtype`) one module at a time, in constant memory, atomically;
+    `conv` as for :func:`lora_layout`."""
     import torch
     from mecha_core import OutputFile
     dtype = dtype or torch.float16
     dtype_name = str(dtype).removeprefix("torch.")
-    layout = lora_layout(architecture, rank, tiny=tiny)
+    layout = lora_layout(architecture, rank, tiny=tiny, conv=conv)
     entries = [entry for name, down, up in layout for entry in
                ((f"{name}.lora_down.weight", dtype_name, down), (f"{name}.lora_up.weight", dtype_name, up),
                 (f"{name}.alpha", dtype_name, ()))]

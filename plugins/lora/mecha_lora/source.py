@@ -4,14 +4,16 @@ A module's delta is ``up @ down * alpha / rank`` (rank: the rows of ``down``; no
 A conv module (LoCon) has a ``k x k`` ``down`` and a ``1 x 1`` ``up``: the product of ``up`` and
 ``down`` flattened to ``(rank, in * k * k)`` is the conv weight's delta. A key made of row blocks (a fused
 q/k/v projection) is the modules of its blocks stacked, zero where a block has none. Each delta is one
-float32 matmul, computed when the scheduler asks for the key and freed with it; shapes come from the
-LoRA's own factors, checked once when the file is opened.
+float32 matmul, computed when the scheduler asks for the key (or for a chunk of it: only the rows
+holding the chunk) and freed with it; shapes come from the LoRA's own factors, checked once when the
+file is opened.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Collection
 from typing import Any
 
@@ -23,6 +25,7 @@ from .naming import Target
 from .placement import place
 
 FLOAT32 = "F32"
+ROW_BLOCK = 32  # rows of a product computed per matmul (see LoraSource._product_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +54,15 @@ class DeltaPlan:
 class LoraSource:
     """A :class:`mecha_core.KeySource` over a LoRA file: the keys it targets and their composed deltas."""
 
-    supports_ranges = False  # a slice of a product costs the whole product
+    # a flat range of a delta covers a few of its rows, and rows of ``up @ down`` are rows of ``up``
+    # times ``down``: a chunk costs its share of the product, so elementwise merges stream LoRAs too
+    supports_ranges = True
 
     def __init__(self, file: TensorFile, architecture: Architecture) -> None:
         self.file = file
         self.label = file.label
         self._plans = {key: self._plan(key, pieces, architecture) for key, pieces in place(file, architecture).items()}
+        self._last_down = threading.local()  # the chunks of a key run on one thread, one after another
 
     def keys(self) -> Collection[str]:
         return self._plans.keys()
@@ -66,39 +72,77 @@ class LoraSource:
 
     def read(self, key: str) -> Any:
         """The key's delta, float32, in the checkpoint's layout."""
-        import torch
         plan = self._plans[key]
-        first = plan.pieces[0][0]
-        if plan.parts == 1:
-            delta = self._product(first)
-        else:
-            delta = torch.zeros((first.rows * plan.parts, first.columns), dtype=torch.float32)
-            for factors, part in plan.pieces:
-                rows = slice(part * first.rows, (part + 1) * first.rows)
-                torch.mm(self._scaled_up(factors), self._down(factors), out=delta[rows])
-        if plan.swap:
-            delta = delta.roll(delta.shape[0] // 2, dims=0)
-        return delta.reshape(plan.shape)
+        return self._rows(plan, 0, plan.shape[0]).reshape(plan.shape)
 
     def read_flat(self, key: str, start: int, stop: int) -> Any:
-        """Elements [start, stop) of the flattened delta (the whole delta is composed: see supports_ranges)."""
-        return self.read(key).reshape(-1)[start:stop]
+        """Elements [start, stop) of the flattened delta, composing only the rows that hold them."""
+        plan = self._plans[key]
+        columns = plan.pieces[0][0].columns
+        first_row, stop_row = start // columns, -(-stop // columns)
+        rows = self._rows(plan, first_row, stop_row)
+        skip = start - first_row * columns
+        return rows.reshape(-1)[skip:skip + stop - start]
 
     def close(self) -> None:
         self.file.close()
 
-    def _product(self, factors: Factors) -> Any:
+    def _rows(self, plan: DeltaPlan, start: int, stop: int) -> Any:
+        """Rows [start, stop) of the key's delta flattened to (rows, columns)."""
         import torch
-        return torch.mm(self._scaled_up(factors), self._down(factors))
+        if not plan.swap:
+            return self._unrolled_rows(plan, start, stop)
+        # a swapped key is the delta rolled by half its rows: row i is unrolled row (i - half) mod rows
+        total = plan.shape[0]
+        segments, row = [], start
+        while row < stop:
+            source = (row - total // 2) % total
+            count = min(stop - row, total - source)
+            segments.append(self._unrolled_rows(plan, source, source + count))
+            row += count
+        return segments[0] if len(segments) == 1 else torch.cat(segments)
 
-    def _scaled_up(self, factors: Factors) -> Any:
+    def _unrolled_rows(self, plan: DeltaPlan, start: int, stop: int) -> Any:
+        """Rows [start, stop) of the modules' products stacked by row block, zero where a block has none."""
         import torch
-        up = self.file.read(factors.up).reshape(factors.rows, factors.rank).to(torch.float32)
-        return up if factors.scale == 1 else up * factors.scale
+        first = plan.pieces[0][0]
+        height = first.rows
+        by_part = {part: factors for factors, part in plan.pieces}
+        blocks = []
+        for part in range(start // height, (stop - 1) // height + 1):
+            low, high = max(start - part * height, 0), min(stop - part * height, height)
+            factors = by_part.get(part)
+            if factors is None:
+                blocks.append(torch.zeros((high - low, first.columns), dtype=torch.float32))
+            else:
+                blocks.append(self._product_rows(factors, low, high))
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+    def _product_rows(self, factors: Factors, low: int, high: int) -> Any:
+        """Rows [low, high) of one module's ``up @ down * scale``.
+
+        The product is always computed in the same blocks of ROW_BLOCK rows of ``up`` (a BLAS gives
+        a row bits that depend on how many rows it multiplies at once), so the rows of any chunk are
+        bit for bit those of the whole delta."""
+        import torch
+        first, stop = low // ROW_BLOCK * ROW_BLOCK, min(-(-high // ROW_BLOCK) * ROW_BLOCK, factors.rows)
+        up = self.file.read(factors.up).reshape(factors.rows, factors.rank)[first:stop].to(torch.float32)
+        if factors.scale != 1:
+            up = up * factors.scale
+        down = self._down(factors)
+        out = torch.empty((stop - first, factors.columns), dtype=torch.float32)
+        for row in range(0, stop - first, ROW_BLOCK):
+            torch.mm(up[row:row + ROW_BLOCK], down, out=out[row:row + ROW_BLOCK])
+        return out[low - first:high - first]
 
     def _down(self, factors: Factors) -> Any:
         import torch
-        return self.file.read(factors.down).reshape(factors.rank, factors.columns).to(torch.float32)
+        last = getattr(self._last_down, "value", None)
+        if last is not None and last[0] == factors.down:
+            return last[1]
+        down = self.file.read(factors.down).reshape(factors.rank, factors.columns).to(torch.float32)
+        self._last_down.value = (factors.down, down)
+        return down
 
     # checks, once per file ------------------------------------------------------------------------
     def _plan(self, key: str, pieces: list[tuple[Module, Target]], architecture: Architecture) -> DeltaPlan:
