@@ -11,6 +11,7 @@ depends neither on the number of models nor on the largest tensor.
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import threading
 import zlib
 from collections.abc import Callable
@@ -293,7 +294,7 @@ def _all_finite(torch: Any, tensor: Any) -> bool:
     if tensor.element_size() == 1:  # float8: no min/max kernels on CPU; float16 holds every value
         tensor = tensor.to(torch.float16)
     low, high = torch.aminmax(tensor.reshape(-1))
-    return bool(torch.isfinite(low) & torch.isfinite(high))
+    return math.isfinite(low.item()) and math.isfinite(high.item())  # two scalars: no tensor ops
 
 
 def _cast(kind: type, value: Any) -> Any:

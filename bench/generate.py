@@ -1,0 +1,49 @@
+"""Real-size synthetic checkpoints for the benchmarks, written key by key (never whole in memory).
+
+Key names and shapes come from the installed architecture plugins (mecha-sd1, mecha-sdxl), values from
+mecha-sd1's random generator; the LoRAs of the SDXL scenario from mecha-lora's generator.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch without numpy: harmless
+
+import torch  # noqa: E402
+
+from mecha_core import get_plugins
+
+
+def _write(arch_name: str, path: Path, seed: int) -> Path:
+    from mecha_sd1.generation import write_random_model
+    print(f"generating {path}")
+    specs = get_plugins().architectures.get(arch_name).key_specs.values()
+    return write_random_model(path, specs, seed=seed, dtype=torch.float16)
+
+
+def ensure_sd1(folder: Path, count: int) -> list[Path]:
+    """`count` pruned SD1.5 fp16 checkpoints (1131 keys, 1.07 G parameters, 2.13 GB each)."""
+    paths = [folder / f"sd1-{i}.safetensors" for i in range(count)]
+    for seed, path in enumerate(paths):
+        if not path.exists():
+            _write("sd1", path, seed)
+    return paths
+
+
+def ensure_sdxl(folder: Path) -> Path:
+    """A pruned SDXL fp16 checkpoint (6.9 GB)."""
+    path = folder / "sdxl.safetensors"
+    return path if path.exists() else _write("sdxl", path, 100)
+
+
+def ensure_lora(folder: Path, *, conv: bool) -> Path:
+    """A rank-32 kohya LoRA of SDXL: of its linear layers (``conv=False``, kohya's default), or also of
+    its 3x3 convolutions (a LoCon, 94% of the UNet's parameters)."""
+    path = folder / ("sdxl-locon.safetensors" if conv else "sdxl-lora.safetensors")
+    if not path.exists():
+        print(f"generating {path}")
+        from mecha_lora.generation import write_random_lora
+        write_random_lora(path, get_plugins().architectures.get("sdxl"), rank=32, seed=101, conv=conv)
+    return path
