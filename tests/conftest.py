@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mecha_core.plugins import set_plugins
 
 pytest_plugins = ["mecha_core.testing"]
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +22,11 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     previous = set_plugins(None)
     yield
     set_plugins(previous)
+
+
+@pytest.fixture
+def reference() -> Path:
+    """The real SD1/SDXL/SD3 layout tables of ../shared/reference (read, never copied); skip without them."""
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference layouts not found at {REFERENCE}")
+    return REFERENCE

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 
 
 @pytest.fixture
@@ -21,9 +17,3 @@ def plugins(mecha_plugins):
         mecha_plugins.register(module, name)
     return mecha_plugins
 
-
-@pytest.fixture
-def reference() -> Path:
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference layouts not found at {REFERENCE}")
-    return REFERENCE

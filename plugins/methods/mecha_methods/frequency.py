@@ -58,6 +58,18 @@ def _crossover_filter(radius: Tensor, alpha: float, tilt: float, key: str) -> Te
     return 1 - share if mirrored else share
 
 
+def _without_spectrum(a: Tensor, b: Tensor, alpha: float, tilt: float) -> Tensor | None:
+    """The crossover's value when no spectrum is needed (alpha 0 or 1, a weighted-sum tilt, no
+    frequencies in the tensor), else None."""
+    if alpha == 0:
+        return a.clone()
+    if alpha == 1:
+        return b.clone()
+    if a.dim() == 0 or a.numel() == 0 or math.isclose(tilt % 4, 1):
+        return a.lerp(b, alpha)
+    return None
+
+
 @merge_method
 def crossover(a: Same, b: Same, *, alpha: float = 0.5, tilt: float = 0.0, key: str = "") -> Same:
     """Frequency crossover of two models: the low frequencies of a with the high frequencies of b.
@@ -70,12 +82,9 @@ def crossover(a: Same, b: Same, *, alpha: float = 0.5, tilt: float = 0.0, key: s
     the pattern repeats every 4 with a and b exchanged from 2 to 4. A 0-d tensor has no frequencies:
     weighted sum.
     """
-    if alpha == 0:
-        return a.clone()
-    if alpha == 1:
-        return b.clone()
-    if a.dim() == 0 or a.numel() == 0 or math.isclose(tilt % 4, 1):
-        return a.lerp(b, alpha)
+    trivial = _without_spectrum(a, b, alpha, tilt)
+    if trivial is not None:
+        return trivial
     import torch
 
     shape = tuple(a.shape)
@@ -96,12 +105,9 @@ def distribution_crossover(a: Same, b: Same, c: Same, *, alpha: float = 0.5, til
     fast a and b vary as c's value increases. alpha in [0, 1]: 0 gives a, 1 gives b; tilt as in
     crossover (1: weighted sum).
     """
-    if alpha == 0:
-        return a.clone()
-    if alpha == 1:
-        return b.clone()
-    if a.dim() == 0 or a.numel() == 0 or math.isclose(tilt % 4, 1):
-        return a.lerp(b, alpha)
+    trivial = _without_spectrum(a, b, alpha, tilt)
+    if trivial is not None:
+        return trivial
     import torch
 
     order = computable(c).reshape(-1).argsort(stable=True)
