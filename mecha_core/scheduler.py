@@ -272,6 +272,9 @@ class KeyRunner:
         return result
 
 
+ROW_GROUP = 32  # rows a chunk holds at a time when it can (row-composing sources work 32 rows at a time)
+
+
 def _chunk_step(budget: int, plan: KeyPlan) -> int:
     """Elements per chunk: at most `budget`, and whole rows (in groups of ROW_GROUP when the budget
     allows), so that a source composing its tensor row by row (a LoRA's up @ down) computes no row
@@ -282,8 +285,6 @@ def _chunk_step(budget: int, plan: KeyPlan) -> int:
             return budget // unit * unit
     return budget
 
-
-ROW_GROUP = 32
 
 
 def _all_finite(torch: Any, tensor: Any) -> bool:
