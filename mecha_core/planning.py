@@ -386,18 +386,18 @@ def _usable(op: Op, have: list[bool]) -> list[int] | None:
 def _unknown_post_order(root: Op, known: Mapping[int, Any]) -> list[Op]:
     """The nodes under `root` (itself included) not in `known`, each after all its inputs."""
     order: list[Op] = []
-    placed: set[int] = set(known)
+    placed: set[int] = set()
     stack: list[tuple[Op, bool]] = [(root, False)]
     while stack:
         op, expanded = stack.pop()
-        if id(op) in placed:
+        if id(op) in known or id(op) in placed:
             continue
         if expanded:
             placed.add(id(op))
             order.append(op)
             continue
         stack.append((op, True))
-        stack.extend((i, False) for i in reversed(op.inputs) if id(i) not in placed)
+        stack.extend((i, False) for i in reversed(op.inputs) if id(i) not in known and id(i) not in placed)
     return order
 
 

@@ -145,7 +145,7 @@ class KeyRunner:
     def _check_finite(self, plan: KeyPlan, out: Any, culprits: list[str] | None = None) -> None:
         """Apply the ``nonfinite`` option to a result (or a part of it); `culprits` are the inputs to
         blame when known, else the inputs holding NaN/inf at the key are looked up (once per key)."""
-        if self.options.nonfinite == "ignore" or not out.is_floating_point() or _all_finite(self.torch, out):
+        if self.options.nonfinite == "ignore" or _all_finite(self.torch, out):
             return
         if self.options.nonfinite == "warn" and plan.name in self.nonfinite:
             return  # another chunk of this key was already reported
@@ -284,7 +284,6 @@ def _chunk_step(budget: int, plan: KeyPlan) -> int:
         if budget >= unit:
             return budget // unit * unit
     return budget
-
 
 
 def _all_finite(torch: Any, tensor: Any) -> bool:

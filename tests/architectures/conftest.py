@@ -16,4 +16,3 @@ def plugins(mecha_plugins):
     mecha_plugins.register(mecha_sdxl, "sdxl")
     mecha_plugins.register(mecha_sd3, "sd3")
     return mecha_plugins
-

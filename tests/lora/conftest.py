@@ -16,4 +16,3 @@ def plugins(mecha_plugins):
                          (mecha_lora, "lora")):
         mecha_plugins.register(module, name)
     return mecha_plugins
-

@@ -3,10 +3,10 @@
 A module's delta is ``up @ down * alpha / rank`` (rank: the rows of ``down``; no ``alpha``: scale 1).
 A conv module (LoCon) has a ``k x k`` ``down`` and a ``1 x 1`` ``up``: the product of ``up`` and
 ``down`` flattened to ``(rank, in * k * k)`` is the conv weight's delta. A key made of row blocks (a fused
-q/k/v projection) is the modules of its blocks stacked, zero where a block has none. Each delta is one
-float32 matmul, computed when the scheduler asks for the key (or for a chunk of it: only the rows
-holding the chunk) and freed with it; shapes come from the LoRA's own factors, checked once when the
-file is opened.
+q/k/v projection) is the modules of its blocks stacked, zero where a block has none. A delta is
+computed in float32, ROW_BLOCK rows per matmul, when the scheduler asks for the key (or for a chunk of
+it: only the rows holding the chunk) and freed with it; shapes come from the LoRA's own factors,
+checked once when the file is opened.
 """
 
 from __future__ import annotations
