@@ -75,6 +75,7 @@ class MergeMethod:
     elementwise: bool = False
     doc: str = ""
     stored_inputs: bool = False
+    coefficients: Callable[..., Sequence[float]] | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name, "merge method")
@@ -135,7 +136,8 @@ def _space_name(space: SpaceDecl) -> str:
 
 
 def merge_method(function: Callable[..., Any] | None = None, *, name: str | None = None,
-                 elementwise: bool = False, stored_inputs: bool = False) -> Any:
+                 elementwise: bool = False, stored_inputs: bool = False,
+                 coefficients: Callable[..., Sequence[float]] | None = None) -> Any:
     """Turn a tensor function into a :class:`MergeMethod`.
 
     ``elementwise=True`` promises that each output entry depends only on the same entry of each input,
@@ -145,14 +147,23 @@ def merge_method(function: Callable[..., Any] | None = None, *, name: str | None
     the work dtype; the function converts them itself and returns a result in the work dtype (it
     must take the ``dtype`` context). A method reducing many models can then fold each input into an
     fp32 accumulator in one pass (``total.add_(model)``) instead of converting every input first.
+
+    ``coefficients`` declares an elementwise method a linear combination of its inputs: called with
+    the number of inputs and the hyperparameters by name, it returns each input's coefficient
+    (``add_difference``: ``lambda count, alpha: (1.0, alpha)``). The scheduler then adds the inputs
+    into one buffer instead of calling the function, and a source that can add its values without
+    materialising them (a LoRA's low-rank product) does so in place: baking a LoRA costs one pass
+    over the checkpoint. The function stays the definition; ``mecha_core.testing.check_merge_method``
+    checks that the two agree.
     """
     def wrap(fn: Callable[..., Any]) -> MergeMethod:
-        return _build(fn, name or fn.__name__, elementwise, stored_inputs)
+        return _build(fn, name or fn.__name__, elementwise, stored_inputs, coefficients)
 
     return wrap(function) if function is not None else wrap
 
 
-def _build(fn: Callable[..., Any], name: str, elementwise: bool, stored_inputs: bool = False) -> MergeMethod:
+def _build(fn: Callable[..., Any], name: str, elementwise: bool, stored_inputs: bool = False,
+           coefficients: Callable[..., Sequence[float]] | None = None) -> MergeMethod:
     validate_name(name, "merge method")
     where = f"merge method {name!r} ({fn.__module__}.{fn.__qualname__})"
     signature = inspect.signature(fn)
@@ -191,10 +202,13 @@ def _build(fn: Callable[..., Any], name: str, elementwise: bool, stored_inputs: 
         raise TypeError(f"{where}: returns Same but no input is annotated Same")
     if stored_inputs and "dtype" not in context and not takes_kwargs:
         raise TypeError(f"{where}: stored_inputs=True needs the 'dtype' context parameter to convert its inputs")
+    if coefficients is not None and not elementwise:
+        raise TypeError(f"{where}: coefficients make it a linear combination of its inputs, which is "
+                        f"elementwise: add elementwise=True")
     method = MergeMethod(name=name, function=fn, inputs=tuple(inputs), hypers=tuple(hypers),
                          returns=returns, context=frozenset(context), takes_kwargs=takes_kwargs,
                          elementwise=elementwise, doc=inspect.cleandoc(fn.__doc__ or ""),
-                         stored_inputs=stored_inputs)
+                         stored_inputs=stored_inputs, coefficients=coefficients)
     return method
 
 

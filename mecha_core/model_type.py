@@ -28,6 +28,13 @@ class KeySource(Protocol):
 
     A source that can read part of a flattened tensor cheaply sets ``supports_ranges = True``; the
     scheduler then streams large keys of elementwise merges in chunks through ``read_flat``.
+
+    A source whose values are cheaper to add than to materialise (a LoRA: a low-rank product) may
+    also define ``add_flat(key, start, stop, into, alpha)``: add ``alpha`` times elements
+    [start, stop) of the flattened tensor into ``into``, a 1-D tensor of ``stop - start`` elements in
+    the work dtype and on the work device. Methods declaring ``coefficients`` (``add_difference``)
+    then take the source's values through it. It is called with start=0, stop=numel for a whole
+    key, and for any range when ``supports_ranges`` is true.
     """
 
     label: str

@@ -189,8 +189,9 @@ class KeyRunner:
 
         Walks the tree with an explicit stack, so a recipe hundreds of merges deep is fine: each
         method node is visited once to decide what it needs (the inputs that have the key, or the
-        input standing in for it), then once more, after those, to compute. A value is freed as soon
-        as its last consumer has run."""
+        input standing in for it), then once more, after those, to compute. Models are read when a
+        method takes them (a method that adds a source into a buffer never materialises it); a
+        value is freed as soon as its last consumer has run."""
         memo: dict[int, Any] = {}
         remaining = dict(self.uses)
         present = dict(present)
@@ -198,12 +199,7 @@ class KeyRunner:
         stack: list[Op] = [self.plan.root]
         while stack:
             op = stack.pop()
-            if id(op) in memo:
-                continue
-            if op.leaf is not None:
-                source = op.leaf.source
-                assert source is not None
-                memo[id(op)] = source.read(plan.name) if region is None else source.read_flat(plan.name, *region)
+            if op.leaf is not None or id(op) in memo:
                 continue
             if id(op) not in needs:
                 positions = usable_inputs(op, plan.name, present)
@@ -214,29 +210,28 @@ class KeyRunner:
                 stack.extend(reversed([delegate] if delegate else [op.inputs[i] for i in positions or []]))
                 continue
             positions, delegate = needs[id(op)]
-            memo[id(op)] = memo[id(delegate)] if delegate else self._call(op, positions, plan, memo, remaining)
-        result = memo[id(self.plan.root)]
+            memo[id(op)] = self._value(delegate, plan, region, memo) if delegate else \
+                self._call(op, positions, plan, region, memo, remaining)
+        result = self._value(self.plan.root, plan, region, memo)
         expected = (region[1] - region[0],) if region else plan.shape
         if tuple(result.shape) != tuple(expected):
             raise MergeError(f"key {plan.name!r}: the recipe produced shape {list(result.shape)}, "
                              f"expected {list(expected)}")
         return result
 
-    def _call(self, op: Op, positions: list[int], plan: KeyPlan, memo: dict[int, Any],
-              remaining: dict[int, int]) -> Any:
+    def _value(self, op: Op, plan: KeyPlan, region: tuple[int, int] | None, memo: dict[int, Any]) -> Any:
+        """A node's value: computed already, or a model's tensor read now (and kept for its other consumers)."""
+        if id(op) not in memo:
+            source = op.leaf.source  # type: ignore[union-attr]
+            memo[id(op)] = source.read(plan.name) if region is None else source.read_flat(plan.name, *region)
+        return memo[id(op)]
+
+    def _call(self, op: Op, positions: list[int], plan: KeyPlan, region: tuple[int, int] | None,
+              memo: dict[int, Any], remaining: dict[int, int]) -> Any:
         method = op.method
         assert method is not None
         device = op.device or self.options.device
         work = dtypes.to_torch(op.dtype or self.options.work_dtype)
-        args = []
-        for child in (op.inputs[i] for i in positions):
-            value = memo[id(child)]
-            keep_dtype = method.stored_inputs and child.leaf is not None and value.is_floating_point()
-            args.append(value.to(device=device) if keep_dtype else value.to(device=device, dtype=work))
-        for child in op.inputs:
-            remaining[id(child)] -= 1
-            if remaining[id(child)] <= 0:
-                memo.pop(id(child), None)
         hypers = {spec.name: _cast(spec.kind, resolve(op.hypers[spec.name], self.plan.architecture, plan.spec))
                   if op.hypers.get(spec.name) is not None else None for spec in method.hypers}
         if len(positions) < len(op.inputs):  # per-model values follow the models left out
@@ -245,6 +240,68 @@ class KeyRunner:
             for spec in method.hypers:
                 if spec.per_model and hypers[spec.name] is not None:
                     hypers[spec.name] = tuple(hypers[spec.name][i] for i in kept)
+        children = [op.inputs[i] for i in positions]
+        if method.coefficients is not None:
+            result = self._combine(op, children, hypers, plan, region, memo, remaining, device, work)
+        else:
+            args = []
+            for child in children:
+                value = self._value(child, plan, region, memo)
+                keep_dtype = method.stored_inputs and child.leaf is not None and value.is_floating_point()
+                args.append(value.to(device=device) if keep_dtype else value.to(device=device, dtype=work))
+            self._release(op, memo, remaining)
+            result = self._invoke(op, args, hypers, plan, device, work)
+        if not isinstance(result, self.torch.Tensor):
+            raise MergeError(f"merge method {method.name!r} returned {type(result).__name__} for key "
+                             f"{plan.name!r}, expected a tensor")
+        return result
+
+    def _release(self, op: Op, memo: dict[int, Any], remaining: dict[int, int]) -> None:
+        for child in op.inputs:
+            remaining[id(child)] -= 1
+            if remaining[id(child)] <= 0:
+                memo.pop(id(child), None)
+
+    def _combine(self, op: Op, children: list[Op], hypers: dict[str, Any], plan: KeyPlan,
+                 region: tuple[int, int] | None, memo: dict[int, Any], remaining: dict[int, int],
+                 device: str, work: Any) -> Any:
+        """A method declaring ``coefficients``: its inputs added into one buffer, the first input's
+        copy. A model whose source can add itself (``add_flat``) is added without being read."""
+        method = op.method
+        assert method is not None and method.coefficients is not None
+        try:
+            coefficients = [float(c) for c in method.coefficients(len(children), **hypers)]
+        except Exception as error:
+            raise MergeError(f"merge method {method.name!r}: its coefficients failed on key {plan.name!r}: "
+                             f"{type(error).__name__}: {error}") from error
+        if len(coefficients) != len(children):
+            raise MergeError(f"merge method {method.name!r} gave {len(coefficients)} coefficients for "
+                             f"{len(children)} inputs at key {plan.name!r}")
+        start, stop = region or (0, plan.numel)
+        first = self._value(children[0], plan, region, memo)
+        total = first.to(device=device, dtype=work, copy=True).contiguous()
+        if coefficients[0] != 1:
+            total.mul_(coefficients[0])
+        flat = total.view(-1)
+        for child, coefficient in zip(children[1:], coefficients[1:]):
+            add_flat = getattr(child.leaf.source, "add_flat", None) if child.leaf is not None else None
+            if add_flat is not None and id(child) not in memo:
+                try:
+                    add_flat(plan.name, start, stop, flat, coefficient)
+                except MechaError:
+                    raise
+                except Exception as error:
+                    raise MergeError(f"{child.leaf.label}: adding its key {plan.name!r} failed: "
+                                     f"{type(error).__name__}: {error}") from error
+            else:
+                value = self._value(child, plan, region, memo)
+                flat.add_(value.to(device=device, dtype=work).reshape(-1), alpha=coefficient)
+        self._release(op, memo, remaining)
+        return total
+
+    def _invoke(self, op: Op, args: list[Any], hypers: dict[str, Any], plan: KeyPlan, device: str, work: Any) -> Any:
+        method = op.method
+        assert method is not None
         context: dict[str, Any] = {"key": plan.name, "device": self.torch.device(device), "dtype": work,
                                    "generator": None, "cache": None}
         if method.wants_generator:
@@ -259,17 +316,13 @@ class KeyRunner:
                 cache_key = (method.name, op.node.inputs if op.node else id(op), plan.name)
                 context["cache"] = self.options.cache.setdefault(cache_key, {})
         try:
-            result = method.invoke(args, hypers, context)
+            return method.invoke(args, hypers, context)
         except MechaError:
             raise
         except Exception as error:
             origin = f" from plugin {op.provider}" if op.provider else ""
             raise MergeError(f"merge method {method.name!r}{origin} failed on key {plan.name!r}: "
                              f"{type(error).__name__}: {error}") from error
-        if not isinstance(result, self.torch.Tensor):
-            raise MergeError(f"merge method {method.name!r} returned {type(result).__name__} for key "
-                             f"{plan.name!r}, expected a tensor")
-        return result
 
 
 ROW_GROUP = 32  # rows a chunk holds at a time when it can (row-composing sources work 32 rows at a time)

@@ -167,9 +167,10 @@ def check_merge_method(method: MergeMethod, *, shape: tuple[int, ...] = (6, 7), 
     Random float32 inputs of `shape` (three models for a ``*models`` method), the defaults or the
     given `hypers`, and the context a merge passes. Checked: the result is a floating-point tensor of
     the inputs' shape; no input is modified in place; two calls with one seed agree (merges are
-    reproducible); and an ``elementwise`` method gives the same values on flat chunks as on the whole
-    tensor, which is what that promise lets the scheduler do. Returns the result; raises AssertionError
-    naming the broken rule.
+    reproducible); an ``elementwise`` method gives the same values on flat chunks as on the whole
+    tensor, which is what that promise lets the scheduler do; and a method declaring ``coefficients``
+    gives the linear combination they describe (the scheduler computes that instead of calling it).
+    Returns the result; raises AssertionError naming the broken rule.
     """
     import torch
     fixed = sum(1 for spec in method.inputs if not spec.variadic)
@@ -210,4 +211,12 @@ def check_merge_method(method: MergeMethod, *, shape: tuple[int, ...] = (6, 7), 
                                    msg=f"{where} is declared elementwise but gives other values on chunks of a "
                                        f"tensor; drop elementwise=True or compute each entry from the same "
                                        f"entry of each input only")
+    if method.coefficients is not None:
+        coefficients = [float(c) for c in method.coefficients(count, **values)]
+        assert len(coefficients) == count, f"{where} gives {len(coefficients)} coefficients for {count} inputs"
+        combined = sum(c * tensor.double() for c, tensor in zip(coefficients, inputs))
+        torch.testing.assert_close(result.double(), combined, rtol=1e-5, atol=1e-6,
+                                   msg=f"{where} declares coefficients {coefficients} but its function gives other "
+                                       f"values; the scheduler adds the inputs with those coefficients instead of "
+                                       f"calling it")
     return result

@@ -80,6 +80,34 @@ def test_chunked_path_is_used_and_correct(plugins, tmp_path):
     assert out["x.weight"].equal(a + b)
 
 
+def test_a_method_declaring_coefficients_is_computed_by_adding_its_inputs(plugins, tmp_path):
+    calls = []
+
+    @mc.merge_method(elementwise=True, coefficients=lambda count, alpha: (1 - alpha, alpha))
+    def blend(a: mc.Same, b: mc.Same, *, alpha: float = 0.5) -> mc.Same:
+        calls.append(1)
+        return a * (1 - alpha) + b * alpha
+
+    a, b = toy_model(seed=1), toy_model(seed=2)
+    paths = [write_model(m, tmp_path / f"{i}.safetensors") for i, m in enumerate((a, b))]
+    for budget in (None, 4096):  # whole keys and chunks
+        out = mc.merge(blend(*paths, alpha=0.25), save_dtype="fp32", memory_budget=budget)
+        for key in ("embed.weight", "layers.0.weight", "head.weight"):
+            torch.testing.assert_close(out[key].double(), 0.75 * a[key].double() + 0.25 * b[key].double(),
+                                       rtol=0, atol=1e-6)
+    assert calls == []
+
+
+@pytest.mark.parametrize("coefficients, message", [
+    (lambda count: (1.0,), "merge method 'bad' gave 1 coefficients for 2 inputs at key"),
+    (lambda count: 1 / 0, "merge method 'bad': its coefficients failed on key .*ZeroDivisionError"),
+])
+def test_broken_coefficients_name_the_method_and_the_key(plugins, coefficients, message):
+    bad = mc.merge_method(lambda a, b: a + b, name="bad", elementwise=True, coefficients=coefficients)
+    with pytest.raises(mc.MergeError, match=message):
+        mc.merge(bad(toy_model(seed=1), toy_model(seed=2)))
+
+
 def test_a_node_used_twice_is_computed_once_per_key(plugins):
     calls = []
 

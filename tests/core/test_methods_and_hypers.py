@@ -53,6 +53,11 @@ def test_bad_declarations_are_refused_with_the_reason(source, message):
         mc.merge_method(namespace["f"])
 
 
+def test_coefficients_need_an_elementwise_method():
+    with pytest.raises(TypeError, match="coefficients make it a linear combination.*add elementwise=True"):
+        mc.merge_method(lambda a, b: a + b, name="plus", coefficients=lambda count: (1.0, 1.0))
+
+
 def test_invalid_names_are_refused():
     with pytest.raises(ValueError, match="invalid merge method name 'Bad-Name'"):
         mc.merge_method(lambda a: a, name="Bad-Name")

@@ -119,3 +119,14 @@ def test_tiny_model_uses_the_registered_architecture(mecha_plugins):
     assert tensors["w0"].dtype == torch.float16 and tensors["steps"].item() == 2
     with pytest.raises(ValueError, match="architecture 'checked' has no generator"):
         tiny_model(dataclasses.replace(arch, generate=None))
+
+
+def test_check_merge_method_refuses_coefficients_the_function_does_not_compute():
+    def add(a: Same, b: Same, *, alpha: float = 0.5) -> Same:
+        return a + alpha * b
+
+    honest = mecha.merge_method(add, elementwise=True, coefficients=lambda count, alpha: (1.0, alpha))
+    check_merge_method(honest, alpha=0.25)
+    wrong = mecha.merge_method(add, elementwise=True, coefficients=lambda count, alpha: (1.0 - alpha, alpha))
+    with pytest.raises(AssertionError, match=r"merge method 'add' declares coefficients \[0.75, 0.25\] but"):
+        check_merge_method(wrong, alpha=0.25)

@@ -3,6 +3,8 @@ deltas the test composes itself (tests/lora/oracle.py)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -139,3 +141,37 @@ def test_a_chunk_of_a_delta_is_the_same_bytes_as_the_whole_delta_sliced(plugins,
             for start, stop in zip(cuts, cuts[1:]):
                 part = source.read_flat(key, start, stop)
                 assert part.dtype == torch.float32 and torch.equal(part, whole[start:stop]), (key, start, stop)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_adding_a_delta_in_chunks_adds_the_bytes_of_adding_it_whole(plugins, tmp_path, arch):
+    """add_difference adds a LoRA's product straight into the merge's buffer (add_flat): chunks crossing
+    rows, q/k/v blocks and swapped halves add exactly what one call over the whole key adds, and that is
+    the composed delta times alpha."""
+    _, _, (_, lora_path) = files(plugins, tmp_path, arch, 2)
+    model_type = plugins.model_types.get("lora")
+    with mc.open_tensor_file(lora_path) as file:
+        source = model_type.open(file, plugins.architectures.get(arch))
+        generator = torch.Generator().manual_seed(0)
+        for key in source.keys():
+            delta = source.read(key).reshape(-1).double()
+            size = delta.numel()
+            start = torch.randn(size, generator=generator)
+            whole = start.clone()
+            source.add_flat(key, 0, size, whole, 0.8)
+            torch.testing.assert_close(whole.double(), start.double() + 0.8 * delta, rtol=1e-5, atol=1e-6)
+            cuts = sorted({0, size, *torch.randint(0, size + 1, (6,), generator=generator).tolist()})
+            chunked = start.clone()
+            for first, stop in zip(cuts, cuts[1:]):
+                source.add_flat(key, first, stop, chunked[first:stop], 0.8)
+            assert torch.equal(chunked, whole), key
+
+
+def test_a_bake_in_chunks_writes_the_bytes_of_a_bake_of_whole_keys(plugins, tmp_path):
+    _, _, (model_path, lora_path) = files(plugins, tmp_path, "sdxl", 2)
+    digests = set()
+    for threads, budget in ((1, None), (2, 4096)):
+        out = tmp_path / f"out-{threads}.safetensors"
+        mc.merge(mc.add_difference(model_path, lora_path, alpha=0.7), out, threads=threads, memory_budget=budget)
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1

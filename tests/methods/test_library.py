@@ -14,6 +14,7 @@ import mecha_core as mc
 import mecha_methods
 from mecha_core.cli import main
 from mecha_core.spaces import MergeSpace
+from mecha_core.testing import check_merge_method
 
 from .conftest import randn
 
@@ -187,3 +188,11 @@ def test_one_thousand_model_average(methods):
     models = [{"w": torch.full((3,), float(i)), "b": torch.tensor(float(i) * 2)} for i in range(1000)]
     out = mc.merge(mc.n_average(*models), save_dtype="fp32", work_dtype="fp64")
     assert out["w"].tolist() == [499.5] * 3 and out["b"].item() == 999.0
+
+
+@pytest.mark.parametrize("method", [m for m in ALL if m.coefficients is not None], ids=lambda m: m.name)
+@pytest.mark.parametrize("alpha", [1.0, 0.3, -2.5])
+def test_methods_declaring_coefficients_compute_that_linear_combination(method, alpha):
+    """The scheduler adds the inputs with the declared coefficients instead of calling the function."""
+    hypers = {"alpha": alpha} if any(h.name == "alpha" for h in method.hypers) else {}
+    check_merge_method(method, shape=(5, 4), seed=7, **hypers)

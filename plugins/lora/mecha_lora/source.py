@@ -4,9 +4,10 @@ A module's delta is ``up @ down * alpha / rank`` (rank: the rows of ``down``; no
 A conv module (LoCon) has a ``k x k`` ``down`` and a ``1 x 1`` ``up``: the product of ``up`` and
 ``down`` flattened to ``(rank, in * k * k)`` is the conv weight's delta. A key made of row blocks (a fused
 q/k/v projection) is the modules of its blocks stacked, zero where a block has none. A delta is
-computed in float32, ROW_BLOCK rows per matmul, when the scheduler asks for the key (or for a chunk of
-it: only the rows holding the chunk) and freed with it; shapes come from the LoRA's own factors,
-checked once when the file is opened.
+computed ROW_BLOCK rows per matmul when the scheduler asks for the key (or for a chunk of it: only the
+rows holding the chunk): composed in float32 and freed with it, or, for ``add_difference``, added
+straight into the merge's buffer. Shapes come from the LoRA's own factors, checked once when the file
+is opened.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from mecha_core import Architecture, MechaError, dtypes
@@ -84,38 +85,44 @@ class LoraSource:
         skip = start - first_row * columns
         return rows.reshape(-1)[skip:skip + stop - start]
 
+    def add_flat(self, key: str, start: int, stop: int, into: Any, alpha: float) -> None:
+        """Add ``alpha`` times elements [start, stop) of the flattened delta into `into`.
+
+        Each module's rows go straight into `into` by ``addmm_``: the delta is never materialised,
+        and baking a LoRA is one pass over the checkpoint's values."""
+        plan = self._plans[key]
+        columns = plan.pieces[0][0].columns
+        for row, factors, low, high in self._pieces(plan, start // columns, -(-stop // columns)):
+            if factors is not None:
+                first = max(row * columns - start, 0)
+                last = min((row + high - low) * columns - start, stop - start)
+                skip = max(start - row * columns, 0)
+                self._add_product_rows(factors, low, high, skip, into[first:last], alpha)
+
     def close(self) -> None:
         self.file.close()
 
-    def _rows(self, plan: DeltaPlan, start: int, stop: int) -> Any:
-        """Rows [start, stop) of the key's delta flattened to (rows, columns)."""
-        import torch
-        if not plan.swap:
-            return self._unrolled_rows(plan, start, stop)
-        # a swapped key is the delta rolled by half its rows: row i is unrolled row (i - half) mod rows
-        total = plan.shape[0]
-        segments, row = [], start
-        while row < stop:
-            source = (row - total // 2) % total
-            count = min(stop - row, total - source)
-            segments.append(self._unrolled_rows(plan, source, source + count))
-            row += count
-        return segments[0] if len(segments) == 1 else torch.cat(segments)
-
-    def _unrolled_rows(self, plan: DeltaPlan, start: int, stop: int) -> Any:
-        """Rows [start, stop) of the modules' products stacked by row block, zero where a block has none."""
-        import torch
-        first = plan.pieces[0][0]
-        height = first.rows
+    def _pieces(self, plan: DeltaPlan, start: int, stop: int) -> Iterator[tuple[int, Factors | None, int, int]]:
+        """Rows [start, stop) of the key's delta as runs of one module's rows: (the run's first row in
+        the key, the module or None for a block without one, the module's rows [low, high))."""
+        total, height = plan.shape[0], plan.pieces[0][0].rows
         by_part = {part: factors for factors, part in plan.pieces}
-        blocks = []
-        for part in range(start // height, (stop - 1) // height + 1):
-            low, high = max(start - part * height, 0), min(stop - part * height, height)
-            factors = by_part.get(part)
-            if factors is None:
-                blocks.append(torch.zeros((high - low, first.columns), dtype=torch.float32))
-            else:
-                blocks.append(self._product_rows(factors, low, high))
+        row = start
+        while row < stop:
+            # a swapped key is the delta rolled by half its rows: row i is unrolled row (i - half) mod rows
+            unrolled = (row - total // 2) % total if plan.swap else row
+            part, low = divmod(unrolled, height)
+            count = min(stop - row, total - unrolled, height - low)
+            yield row, by_part.get(part), low, low + count
+            row += count
+
+    def _rows(self, plan: DeltaPlan, start: int, stop: int) -> Any:
+        """Rows [start, stop) of the key's delta flattened to (rows, columns), zero where a block has no module."""
+        import torch
+        columns = plan.pieces[0][0].columns
+        blocks = [self._product_rows(factors, low, high) if factors is not None
+                  else torch.zeros((high - low, columns), dtype=torch.float32)
+                  for _, factors, low, high in self._pieces(plan, start, stop)]
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
     def _product_rows(self, factors: Factors, low: int, high: int) -> Any:
@@ -125,23 +132,48 @@ class LoraSource:
         a row bits that depend on how many rows it multiplies at once), so the rows of any chunk are
         bit for bit those of the whole delta."""
         import torch
-        first, stop = low // ROW_BLOCK * ROW_BLOCK, min(-(-high // ROW_BLOCK) * ROW_BLOCK, factors.rows)
+        first, stop = _block_bounds(factors, low, high)
         up = self.file.read(factors.up).reshape(factors.rows, factors.rank)[first:stop].to(torch.float32)
         if factors.scale != 1:
             up = up * factors.scale
-        down = self._down(factors)
+        down = self._down(factors, up.device, torch.float32)
         out = torch.empty((stop - first, factors.columns), dtype=torch.float32)
         for row in range(0, stop - first, ROW_BLOCK):
             torch.mm(up[row:row + ROW_BLOCK], down, out=out[row:row + ROW_BLOCK])
         return out[low - first:high - first]
 
-    def _down(self, factors: Factors) -> Any:
+    def _add_product_rows(self, factors: Factors, low: int, high: int, skip: int, target: Any, alpha: float) -> None:
+        """Add ``alpha * scale * up @ down`` to `target`, the flat elements of the module's rows
+        [low, high) from `skip` elements into row `low` on.
+
+        Computed in the blocks of ROW_BLOCK rows ``_product_rows`` uses, so any chunk adds what the
+        whole key would: in place when `target` is exactly such blocks, else through a scratch copy of
+        the blocks (an entry of ``addmm_`` depends only on its own value, its row of ``up`` and
+        ``down``, whatever the scratch holds elsewhere)."""
         import torch
+        first, stop = _block_bounds(factors, low, high)
+        columns = factors.columns
+        offset = (low - first) * columns + skip
+        in_place = offset == 0 and target.numel() == (stop - first) * columns
+        rows = target.view(stop - first, columns) if in_place else \
+            torch.zeros((stop - first, columns), dtype=target.dtype, device=target.device)
+        if not in_place:
+            rows.view(-1)[offset:offset + target.numel()].copy_(target)
+        up = self.file.read(factors.up).reshape(factors.rows, factors.rank)[first:stop]
+        up = up.to(device=target.device, dtype=target.dtype)
+        down = self._down(factors, target.device, target.dtype)
+        scale = alpha * factors.scale
+        for row in range(0, stop - first, ROW_BLOCK):
+            rows[row:row + ROW_BLOCK].addmm_(up[row:row + ROW_BLOCK], down, alpha=scale)
+        if not in_place:
+            target.copy_(rows.view(-1)[offset:offset + target.numel()])
+
+    def _down(self, factors: Factors, device: Any, dtype: Any) -> Any:
         last = getattr(self._last_down, "value", None)
-        if last is not None and last[0] == factors.down:
+        if last is not None and last[0] == (factors.down, device, dtype):
             return last[1]
-        down = self.file.read(factors.down).reshape(factors.rank, factors.columns).to(torch.float32)
-        self._last_down.value = (factors.down, down)
+        down = self.file.read(factors.down).reshape(factors.rank, factors.columns).to(device=device, dtype=dtype)
+        self._last_down.value = ((factors.down, device, dtype), down)
         return down
 
     # checks, once per file ------------------------------------------------------------------------
@@ -202,3 +234,8 @@ class LoraSource:
         if not math.isfinite(alpha):
             raise MechaError(f"{where}: alpha is {alpha}, expected a finite number")
         return alpha
+
+
+def _block_bounds(factors: Factors, low: int, high: int) -> tuple[int, int]:
+    """The rows of the ROW_BLOCK-aligned blocks holding rows [low, high) of a module's product."""
+    return low // ROW_BLOCK * ROW_BLOCK, min(-(-high // ROW_BLOCK) * ROW_BLOCK, factors.rows)

@@ -48,7 +48,7 @@ def linear(*models: Same, weight: tuple[float, ...] = 1.0, normalize: bool = Tru
     return total
 
 
-@merge_method(elementwise=True)
+@merge_method(elementwise=True, coefficients=lambda count, alpha: (1.0, alpha))
 def add_difference(a: Same, b: Delta, *, alpha: float = 1.0) -> Same:
     """Add a difference to a model: a + alpha b.
 
@@ -58,7 +58,7 @@ def add_difference(a: Same, b: Delta, *, alpha: float = 1.0) -> Same:
     return a.add(b, alpha=alpha)
 
 
-@merge_method(elementwise=True)
+@merge_method(elementwise=True, coefficients=lambda count: (1.0, -1.0))
 def subtract(a: Weight, b: Weight) -> Delta:
     """The difference of two models: a - b, a delta to add to another model.
 
