@@ -11,6 +11,7 @@ depends neither on the number of models nor on the largest tensor.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import math
 import threading
 import zlib
@@ -364,6 +365,12 @@ def run_plan(plan: MergePlan, sink: Sink, *, threads: int, progress: Progress | 
     runner = KeyRunner(plan, sink)
     previous_threads = torch.get_num_threads()
     per_worker = max(1, previous_threads // threads)
+    # the plan, the registry and torch are tens of thousands of long-lived objects; frozen, the
+    # garbage collector stops re-scanning them while each chunk allocates (measured: ~5% of a
+    # LoRA bake's CPU time in gc_collect_main before)
+    freeze = gc.get_freeze_count() == 0  # a caller's own freeze is left alone
+    if freeze:
+        gc.freeze()
     try:
         if threads <= 1:
             for key_plan in plan.keys:
@@ -391,3 +398,5 @@ def run_plan(plan: MergePlan, sink: Sink, *, threads: int, progress: Progress | 
         return runner
     finally:
         torch.set_num_threads(previous_threads)
+        if freeze:
+            gc.unfreeze()
