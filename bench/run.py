@@ -15,8 +15,9 @@ mecha-sd1 generator), and an SDXL checkpoint with a LoRA:
   a LoRA of the linear layers (kohya's default) and a LoCon (the 3x3 convolutions too).
 
 Each run is a separate process; its peak private memory is the largest sum of ``RssAnon`` over the
-process tree, sampled every 10 ms. Each measurement is the fastest of ``--repeat`` runs (3). Inputs are read once before each run so both sides start from a
-warm page cache. Throughput is bytes read plus bytes written, per second.
+process tree, sampled every 10 ms. Each measurement is the fastest of ``--repeat`` runs (3); the runs
+compared with each other take turns, round after round. Before each run the inputs are read (both
+sides start from a warm page cache) and the previous output is deleted and synced away. Throughput is bytes read plus bytes written, per second.
 """
 
 from __future__ import annotations
@@ -79,12 +80,13 @@ def _rss_anon_kib(pid: int) -> int:
 REPEAT = 3
 
 
-def measure(command: list[str], inputs: list[Path], output: Path, repeat: int) -> tuple[float, float, int]:
-    """The fastest wall seconds of `repeat` runs, the highest peak private MiB of the process tree, and
-    bytes read + written. (On a shared VM a run can take twice as long as the next for reasons
-    outside the process: the fastest run is the one that measures the program.)"""
-    runs = [_measure_once(command, inputs, output) for _ in range(repeat)]
-    return min(r[0] for r in runs), max(r[1] for r in runs), runs[0][2]
+def measure(runs: list[tuple[list[str], list[Path]]], output: Path, repeat: int) -> list[tuple[float, float, int]]:
+    """For each (command, inputs): the fastest wall seconds of `repeat` runs, the highest peak private
+    MiB of the process tree, and bytes read + written. The commands take turns, round after round, so
+    that a slow spell of the VM's disk (a run can take twice as long as the next for reasons outside
+    the process) falls on all of them alike; the fastest run is the one that measures the program."""
+    rounds = [[_measure_once(command, inputs, output) for command, inputs in runs] for _ in range(repeat)]
+    return [(min(r[i][0] for r in rounds), max(r[i][1] for r in rounds), rounds[0][i][2]) for i in range(len(runs))]
 
 
 def _measure_once(command: list[str], inputs: list[Path], output: Path) -> tuple[float, float, int]:
@@ -93,6 +95,7 @@ def _measure_once(command: list[str], inputs: list[Path], output: Path) -> tuple
             while f.read(1 << 24):
                 pass
     output.unlink(missing_ok=True)
+    os.sync()  # the previous run's output, written back and freed, costs this run nothing
     peak = 0
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
@@ -146,15 +149,18 @@ def run(args: argparse.Namespace) -> list[Result]:
     if "2" in args.only:
         two = models[:2]
         recipe = recipe_file(data, "two", model_lines(two) + ['merge "weighted_sum" &0 &1 alpha=0.5'])
-        base = Result("minimal loop, 2 models", *measure(baseline(two, out), two, out, args.repeat))
-        ours = Result("mecha weighted_sum, 2 models", *measure(mecha(recipe, out, args.threads), two, out, args.repeat))
+        measured = measure([(baseline(two, out), two), (mecha(recipe, out, args.threads), two)], out, args.repeat)
+        base = Result("minimal loop, 2 models", *measured[0])
+        ours = Result("mecha weighted_sum, 2 models", *measured[1])
         ours.ratio, ours.against = ours.wall / base.wall, "minimal loop"
         results += [base, ours]
     if {"8", "32"} & set(args.only):
         recipe = recipe_file(data, "eight", model_lines(models) + ['merge "n_average" ' + " ".join(f"&{i}" for i in range(8))])
-        eight = Result("mecha n_average, 8 models", *measure(mecha(recipe, out, args.threads), models, out, args.repeat))
+        runs = [(mecha(recipe, out, args.threads), models)] + ([(baseline(models, out), models)] if "8" in args.only else [])
+        measured = measure(runs, out, args.repeat)
+        eight = Result("mecha n_average, 8 models", *measured[0])
         if "8" in args.only:
-            base = Result("minimal loop, 8 models", *measure(baseline(models, out), models, out, args.repeat))
+            base = Result("minimal loop, 8 models", *measured[1])
             eight.ratio, eight.against = eight.wall / base.wall, "minimal loop"
             results += [base]
         results.append(eight)
@@ -166,23 +172,24 @@ def run(args: argparse.Namespace) -> list[Result]:
                 os.link(models[i % 8], link)
             links.append(link)
         recipe = recipe_file(data, "thirtytwo", model_lines(links) + ['merge "n_average" ' + " ".join(f"&{i}" for i in range(32))])
-        many = Result("mecha n_average, 32 models", *measure(mecha(recipe, out, args.threads), links, out, args.repeat))
+        many = Result("mecha n_average, 32 models", *measure([(mecha(recipe, out, args.threads), links)], out, args.repeat)[0])
         many.ratio, many.against = (many.wall / many.bytes_moved) / (eight.wall / eight.bytes_moved), "8 models, per byte"
         results.append(many)
         print(f"32 vs 8 models: peak memory {many.peak_mib / eight.peak_mib - 1:+.1%}", file=sys.stderr)
     if "lora" in args.only:
         checkpoint = ensure_sdxl(data)
         copy = recipe_file(data, "copy", [f'model "{checkpoint}"'])
-        plain = Result("mecha plain copy, SDXL", *measure(mecha(copy, out, args.threads), [checkpoint], out, args.repeat))
-        results.append(plain)
+        runs, names = [(mecha(copy, out, args.threads), [checkpoint])], ["mecha plain copy, SDXL"]
         for conv, what in ((False, "LoRA (linear layers)"), (True, "LoCon (linear and 3x3 conv layers)")):
             lora = ensure_lora(data, conv=conv)
             bake = recipe_file(data, "bake-locon" if conv else "bake",
                                [f'model "{checkpoint}"', f'model "{lora}"', 'merge "add_difference" &0 &1 alpha=0.8'])
-            baked = Result(f"mecha SDXL + rank-32 {what}", *measure(mecha(bake, out, args.threads),
-                                                                    [checkpoint, lora], out, args.repeat))
-            baked.ratio, baked.against = baked.wall / plain.wall, "plain copy"
-            results.append(baked)
+            runs.append((mecha(bake, out, args.threads), [checkpoint, lora]))
+            names.append(f"mecha SDXL + rank-32 {what}")
+        plain, *baked = [Result(name, *m) for name, m in zip(names, measure(runs, out, args.repeat))]
+        for result in baked:
+            result.ratio, result.against = result.wall / plain.wall, "plain copy"
+        results += [plain, *baked]
     return results
 
 
