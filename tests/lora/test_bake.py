@@ -4,6 +4,7 @@ deltas the test composes itself (tests/lora/oracle.py)."""
 from __future__ import annotations
 
 import hashlib
+import math
 
 import pytest
 import torch
@@ -125,46 +126,46 @@ def test_a_key_only_one_mixed_lora_targets_gets_that_loras_whole_delta(plugins, 
     check(merged, base, composed(lora, kohya_targets("sd1", base), base))
 
 
+def keys_in_chunks(plugins, tmp_path, arch):
+    """Each key of a tiny LoRA of `arch`, opened: (source, key, random [start, stop) ranges covering its
+    flattened delta), the ranges crossing rows, q/k/v blocks and (SD3) the halves of a swapped layer."""
+    _, _, (_, lora_path) = files(plugins, tmp_path, arch, 2)
+    generator = torch.Generator().manual_seed(0)
+    with mc.open_tensor_file(lora_path) as file:
+        source = plugins.model_types.get("lora").open(file, plugins.architectures.get(arch))
+        for key in source.keys():
+            size = math.prod(source.info(key).shape)
+            cuts = sorted({0, size, *torch.randint(0, size + 1, (6,), generator=generator).tolist()})
+            yield source, key, list(zip(cuts, cuts[1:]))
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_chunk_of_a_delta_is_the_same_bytes_as_the_whole_delta_sliced(plugins, tmp_path, arch):
-    """Elementwise merges read LoRA deltas in flat chunks, composing only the rows a chunk covers: chunks
-    crossing rows, q/k/v blocks and (SD3) the halves of a swapped layer equal the whole delta, bit for bit."""
-    _, _, (_, lora_path) = files(plugins, tmp_path, arch, 2)
-    model_type = plugins.model_types.get("lora")
-    with mc.open_tensor_file(lora_path) as file:
-        source = model_type.open(file, plugins.architectures.get(arch))
-        generator = torch.Generator().manual_seed(0)
-        for key in source.keys():
-            whole = source.read(key).reshape(-1)
-            size = whole.numel()
-            cuts = sorted({0, size, *torch.randint(0, size + 1, (6,), generator=generator).tolist()})
-            for start, stop in zip(cuts, cuts[1:]):
-                part = source.read_flat(key, start, stop)
-                assert part.dtype == torch.float32 and torch.equal(part, whole[start:stop]), (key, start, stop)
+    """Elementwise merges read LoRA deltas in flat chunks, composing only the rows a chunk covers: any
+    chunk equals the whole delta's slice, bit for bit."""
+    for source, key, ranges in keys_in_chunks(plugins, tmp_path, arch):
+        whole = source.read(key).reshape(-1)
+        for start, stop in ranges:
+            part = source.read_flat(key, start, stop)
+            assert part.dtype == torch.float32 and torch.equal(part, whole[start:stop]), (key, start, stop)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_adding_a_delta_in_chunks_adds_the_bytes_of_adding_it_whole(plugins, tmp_path, arch):
-    """add_difference adds a LoRA's product straight into the merge's buffer (add_flat): chunks crossing
-    rows, q/k/v blocks and swapped halves add exactly what one call over the whole key adds, and that is
-    the composed delta times alpha."""
-    _, _, (_, lora_path) = files(plugins, tmp_path, arch, 2)
-    model_type = plugins.model_types.get("lora")
-    with mc.open_tensor_file(lora_path) as file:
-        source = model_type.open(file, plugins.architectures.get(arch))
-        generator = torch.Generator().manual_seed(0)
-        for key in source.keys():
-            delta = source.read(key).reshape(-1).double()
-            size = delta.numel()
-            start = torch.randn(size, generator=generator)
-            whole = start.clone()
-            source.add_flat(key, 0, size, whole, 0.8)
-            torch.testing.assert_close(whole.double(), start.double() + 0.8 * delta, rtol=1e-5, atol=1e-6)
-            cuts = sorted({0, size, *torch.randint(0, size + 1, (6,), generator=generator).tolist()})
-            chunked = start.clone()
-            for first, stop in zip(cuts, cuts[1:]):
-                source.add_flat(key, first, stop, chunked[first:stop], 0.8)
-            assert torch.equal(chunked, whole), key
+    """add_difference adds a LoRA's product straight into the merge's buffer (add_flat): chunks add
+    exactly what one call over the whole key adds, and that is the composed delta times alpha."""
+    generator = torch.Generator().manual_seed(1)
+    for source, key, ranges in keys_in_chunks(plugins, tmp_path, arch):
+        delta = source.read(key).reshape(-1).double()
+        size = delta.numel()
+        start = torch.randn(size, generator=generator)
+        whole = start.clone()
+        source.add_flat(key, 0, size, whole, 0.8)
+        torch.testing.assert_close(whole.double(), start.double() + 0.8 * delta, rtol=1e-5, atol=1e-6)
+        chunked = start.clone()
+        for first, stop in ranges:
+            source.add_flat(key, first, stop, chunked[first:stop], 0.8)
+        assert torch.equal(chunked, whole), key
 
 
 def test_a_bake_in_chunks_writes_the_bytes_of_a_bake_of_whole_keys(plugins, tmp_path):

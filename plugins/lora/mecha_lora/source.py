@@ -133,7 +133,7 @@ class LoraSource:
         bit for bit those of the whole delta."""
         import torch
         first, stop = _block_bounds(factors, low, high)
-        up = self.file.read(factors.up).reshape(factors.rows, factors.rank)[first:stop].to(torch.float32)
+        up = self._up_rows(factors, first, stop).to(torch.float32)
         if factors.scale != 1:
             up = up * factors.scale
         down = self._down(factors, up.device, torch.float32)
@@ -155,18 +155,22 @@ class LoraSource:
         columns = factors.columns
         offset = (low - first) * columns + skip
         in_place = offset == 0 and target.numel() == (stop - first) * columns
-        rows = target.view(stop - first, columns) if in_place else \
-            torch.zeros((stop - first, columns), dtype=target.dtype, device=target.device)
-        if not in_place:
+        if in_place:
+            rows = target.view(stop - first, columns)
+        else:
+            rows = torch.zeros((stop - first, columns), dtype=target.dtype, device=target.device)
             rows.view(-1)[offset:offset + target.numel()].copy_(target)
-        up = self.file.read(factors.up).reshape(factors.rows, factors.rank)[first:stop]
-        up = up.to(device=target.device, dtype=target.dtype)
+        up = self._up_rows(factors, first, stop).to(device=target.device, dtype=target.dtype)
         down = self._down(factors, target.device, target.dtype)
         scale = alpha * factors.scale
         for row in range(0, stop - first, ROW_BLOCK):
             rows[row:row + ROW_BLOCK].addmm_(up[row:row + ROW_BLOCK], down, alpha=scale)
         if not in_place:
             target.copy_(rows.view(-1)[offset:offset + target.numel()])
+
+    def _up_rows(self, factors: Factors, first: int, stop: int) -> Any:
+        """Rows [first, stop) of ``up`` as (rows, rank), a view of the file in its stored dtype."""
+        return self.file.read(factors.up).reshape(factors.rows, factors.rank)[first:stop]
 
     def _down(self, factors: Factors, device: Any, dtype: Any) -> Any:
         last = getattr(self._last_down, "value", None)
