@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch
 import torch  # noqa: E402
 from safetensors import safe_open
 
-from mecha_core.output_file import tensor_bytes
+from mecha_core.direct_writes import tensor_bytes
 
 
 def main(output: str, inputs: list[str]) -> None:
