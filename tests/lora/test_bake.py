@@ -11,6 +11,7 @@ import torch
 
 import mecha_core as mc
 from mecha_core.testing import tiny_model, write_model
+from mecha_lora import source as source_module
 from mecha_lora.generation import random_lora
 
 from .oracle import composed, kohya_targets
@@ -139,10 +140,16 @@ def keys_in_chunks(plugins, tmp_path, arch):
             yield source, key, list(zip(cuts, cuts[1:]))
 
 
+# the real ROW_BLOCK exceeds a tiny module's rows; 5 rows make modules of several blocks, the last one short
+BLOCKS = pytest.mark.parametrize("row_block", [source_module.ROW_BLOCK, 5])
+
+
+@BLOCKS
 @pytest.mark.parametrize("arch", ARCHS)
-def test_a_chunk_of_a_delta_is_the_same_bytes_as_the_whole_delta_sliced(plugins, tmp_path, arch):
+def test_a_chunk_of_a_delta_is_the_same_bytes_as_the_whole_delta_sliced(plugins, tmp_path, arch, row_block, monkeypatch):
     """Elementwise merges read LoRA deltas in flat chunks, composing only the rows a chunk covers: any
     chunk equals the whole delta's slice, bit for bit."""
+    monkeypatch.setattr(source_module, "ROW_BLOCK", row_block)
     for source, key, ranges in keys_in_chunks(plugins, tmp_path, arch):
         whole = source.read(key).reshape(-1)
         for start, stop in ranges:
@@ -150,10 +157,13 @@ def test_a_chunk_of_a_delta_is_the_same_bytes_as_the_whole_delta_sliced(plugins,
             assert part.dtype == torch.float32 and torch.equal(part, whole[start:stop]), (key, start, stop)
 
 
+@BLOCKS
 @pytest.mark.parametrize("arch", ARCHS)
-def test_adding_a_delta_in_chunks_adds_the_bytes_of_adding_it_whole(plugins, tmp_path, arch):
+def test_adding_a_delta_in_chunks_adds_the_bytes_of_adding_it_whole(plugins, tmp_path, arch, row_block, monkeypatch):
     """add_difference adds a LoRA's product straight into the merge's buffer (add_flat): chunks add
-    exactly what one call over the whole key adds, and that is the composed delta times alpha."""
+    exactly what one call over the whole key adds, and that is the composed delta times alpha. A block
+    of rows wholly inside a chunk is added in place, one the chunk cuts through a scratch copy."""
+    monkeypatch.setattr(source_module, "ROW_BLOCK", row_block)
     generator = torch.Generator().manual_seed(1)
     for source, key, ranges in keys_in_chunks(plugins, tmp_path, arch):
         delta = source.read(key).reshape(-1).double()

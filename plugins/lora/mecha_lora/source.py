@@ -26,7 +26,7 @@ from .naming import Target
 from .placement import place
 
 FLOAT32 = "F32"
-ROW_BLOCK = 32  # rows of a product computed per matmul (see LoraSource._product_rows)
+ROW_BLOCK = 64  # rows of a product computed per matmul (see LoraSource._product_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,26 +147,30 @@ class LoraSource:
         [low, high) from `skip` elements into row `low` on.
 
         Computed in the blocks of ROW_BLOCK rows ``_product_rows`` uses, so any chunk adds what the
-        whole key would: in place when `target` is exactly such blocks, else through a scratch copy of
-        the blocks (an entry of ``addmm_`` depends only on its own value, its row of ``up`` and
-        ``down``, whatever the scratch holds elsewhere)."""
+        whole key would: a block wholly inside `target` in place, a block `target` holds only part of
+        through a scratch copy of it (an entry of ``addmm_`` depends only on its own value, its row
+        of ``up`` and ``down``, whatever the scratch holds elsewhere)."""
         import torch
         first, stop = _block_bounds(factors, low, high)
         columns = factors.columns
-        offset = (low - first) * columns + skip
-        in_place = offset == 0 and target.numel() == (stop - first) * columns
-        if in_place:
-            rows = target.view(stop - first, columns)
-        else:
-            rows = torch.zeros((stop - first, columns), dtype=target.dtype, device=target.device)
-            rows.view(-1)[offset:offset + target.numel()].copy_(target)
         up = self._up_rows(factors, first, stop).to(device=target.device, dtype=target.dtype)
         down = self._down(factors, target.device, target.dtype)
         scale = alpha * factors.scale
+        begin = (low - first) * columns + skip  # where target starts in the blocks' flat elements
+        end = begin + target.numel()
         for row in range(0, stop - first, ROW_BLOCK):
-            rows[row:row + ROW_BLOCK].addmm_(up[row:row + ROW_BLOCK], down, alpha=scale)
-        if not in_place:
-            target.copy_(rows.view(-1)[offset:offset + target.numel()])
+            height = min(ROW_BLOCK, stop - first - row)
+            block_start, block_end = row * columns, (row + height) * columns
+            if block_start >= begin and block_end <= end:
+                block = target[block_start - begin:block_end - begin].view(height, columns)
+                block.addmm_(up[row:row + height], down, alpha=scale)
+            else:
+                low_end, high_end = max(block_start, begin), min(block_end, end)
+                scratch = torch.zeros(height * columns, dtype=target.dtype, device=target.device)
+                part = scratch[low_end - block_start:high_end - block_start]
+                part.copy_(target[low_end - begin:high_end - begin])
+                scratch.view(height, columns).addmm_(up[row:row + height], down, alpha=scale)
+                target[low_end - begin:high_end - begin].copy_(part)
 
     def _up_rows(self, factors: Factors, first: int, stop: int) -> Any:
         """Rows [first, stop) of ``up`` as (rows, rank), a view of the file in its stored dtype."""
