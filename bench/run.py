@@ -85,7 +85,11 @@ def measure(runs: list[tuple[list[str], list[Path]]], output: Path, repeat: int)
     MiB of the process tree, and bytes read + written. The commands take turns, round after round, so
     that a slow spell of the VM's disk (a run can take twice as long as the next for reasons outside
     the process) falls on all of them alike; the fastest run is the one that measures the program."""
-    rounds = [[_measure_once(command, inputs, output) for command, inputs in runs] for _ in range(repeat)]
+    rounds = []
+    for round_number in range(1, repeat + 1):
+        rounds.append([_measure_once(command, inputs, output) for command, inputs in runs])
+        # every run's time, so that a reader sees the spread the fastest was picked from
+        print(f"round {round_number}: " + ", ".join(f"{wall:.2f} s" for wall, _, _ in rounds[-1]), file=sys.stderr)
     return [(min(r[i][0] for r in rounds), max(r[i][1] for r in rounds), rounds[0][i][2]) for i in range(len(runs))]
 
 
