@@ -10,16 +10,20 @@ So a write is split: its whole blocks are copied into a page-aligned staging buf
 thread hands to the device while the worker computes on; the partial blocks at the write's two ends
 go through the page cache. A block either lies wholly inside one write or is shared with a
 neighbouring write, so each block of the file is written one way only and the two paths never touch
-the same block. The writer writes those partial blocks too (copied, a few KiB): a page-cache write
-waits for the file's lock, which a direct write in flight holds, and a worker waiting there idles
-its core (measured: 4.2 s of a 7.5 s SDXL bake). A few staging buffers bound the memory: a worker
-waits only when all of them are queued. Where ``O_DIRECT`` is missing or refused (not Linux, tmpfs,
+the same block. A write that continues where the same thread's last one ended (the next chunk of
+a key) goes on filling that thread's staging buffer, block boundary or not, so a key's chunks reach
+the device in full buffers (on this VM's disk, 8 MiB writes run ~25% faster than 2 MiB ones) and
+their shared blocks are written direct. The writer writes the partial blocks too (copied, a few
+KiB): a page-cache write waits for the file's lock, which a direct write in flight holds, and a
+worker waiting there idles its core (measured: 4.2 s of a 7.5 s SDXL bake). A few staging buffers
+bound the memory: a worker waits only when all of them are queued. Where ``O_DIRECT`` is missing or refused (not Linux, tmpfs,
 some FUSE and network file systems), every write goes through the page cache, from the worker.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import mmap
 import os
@@ -30,7 +34,7 @@ from typing import Any
 
 BLOCK = max(4096, mmap.PAGESIZE)  # a page: no page holds both page-cache and direct bytes
 STAGE_BYTES = 8 << 20  # one system call writes this much
-STAGES = 4  # buffers queued or being written at most: the device stays busy while workers fill the next
+STAGES = 4  # buffers queued or being written at most, besides the one each worker thread is filling
 
 
 class DirectWrites:
@@ -51,6 +55,7 @@ class DirectWrites:
         # (bytes, count, offset, whether the bytes are a staging buffer to write direct and free)
         self._pending: queue.Queue[tuple[memoryview, int, int, bool] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
+        self._filling: dict[int, _Stage] = {}  # by thread: the staging buffer the thread is filling
         flag = getattr(os, "O_DIRECT", 0)
         if not flag:
             return
@@ -74,26 +79,51 @@ class DirectWrites:
         self._raise_error()
         data = tensor.reshape(-1).view(torch.uint8)
         end = offset + data.numel()
-        first, last = -(-offset // BLOCK) * BLOCK, end // BLOCK * BLOCK
         if not self.active:
             self._buffered(tensor_bytes(data), offset)
             return
-        if last - first < BLOCK:  # no whole block: all of it through the page cache
-            first = last = end
-        if first > offset:
-            self._queue_buffered(data[:first - offset], offset)
-        for position in range(first, last, STAGE_BYTES):
-            count = min(STAGE_BYTES, last - position)
-            stage = self._free.get()  # waits while every stage is queued: the memory stays bounded
+        thread = threading.get_ident()
+        if thread not in self._filling:  # a buffer more for each thread that writes: none waits on another's
+            self._free.put(memoryview(mmap.mmap(-1, STAGE_BYTES)))
+            self._filling[thread] = _Stage()
+        stage = self._filling[thread]
+        position = offset
+        while position < end:
+            if stage.buffer is None or position != stage.end:
+                self._queue_stage(stage)
+                aligned = -(-position // BLOCK) * BLOCK
+                if aligned > position or end - position < BLOCK:  # a partial block: through the page cache
+                    piece_end = min(aligned, end) if aligned > position else end
+                    self._queue_buffered(data[position - offset:piece_end - offset], position)
+                    position = piece_end
+                    continue
+                stage.buffer, stage.start, stage.filled = self._free.get(), position, 0  # waits while all are queued
+            count = min(STAGE_BYTES - stage.filled, end - position)
             # torch's copy leaves the GIL to the other workers
-            torch.frombuffer(stage, dtype=torch.uint8, count=count).copy_(data[position - offset:position - offset + count])
-            self._pending.put((stage, count, position, True))
-        if end > last:
-            self._queue_buffered(data[last - offset:], last)
+            torch.frombuffer(stage.buffer, dtype=torch.uint8, count=count, offset=stage.filled).copy_(
+                data[position - offset:position - offset + count])
+            stage.filled += count
+            position += count
+            if stage.filled == STAGE_BYTES:
+                self._queue_stage(stage)
+
+    def _queue_stage(self, stage: _Stage) -> None:
+        """Hand a thread's staging buffer to the writer: its whole blocks direct, a partial last block
+        through the page cache."""
+        if stage.buffer is None:
+            return
+        whole = stage.filled // BLOCK * BLOCK
+        if whole < stage.filled:
+            self._queue_buffered(stage.buffer[whole:stage.filled], stage.start + whole)
+        if whole:
+            self._pending.put((stage.buffer, whole, stage.start, True))
+        else:
+            self._free.put(stage.buffer)
+        stage.buffer = None
 
     def _queue_buffered(self, data: Any, offset: int) -> None:
-        """Hand a piece smaller than two blocks to the writer, copied (the tensor may be freed next)."""
-        piece = memoryview(bytes(tensor_bytes(data)))
+        """Hand a piece smaller than two blocks to the writer, copied (its memory may be reused next)."""
+        piece = memoryview(bytes(data if isinstance(data, memoryview) else tensor_bytes(data)))
         self._pending.put((piece, len(piece), offset, False))
 
     def close(self, *, discard: bool = False) -> None:
@@ -101,6 +131,8 @@ class DirectWrites:
         error. Call when no write is running."""
         if self._writer is not None:
             self._discard = discard
+            for stage in self._filling.values():
+                self._queue_stage(stage)
             self._pending.put(None)
             self._writer.join()
             self._writer = None
@@ -148,6 +180,19 @@ class DirectWrites:
             written += done
         if written < count:
             self._buffered(data[written:count], offset + written)
+
+
+@dataclasses.dataclass
+class _Stage:
+    """A staging buffer a worker thread is filling: its bytes [0, filled) go to the file at `start`."""
+
+    buffer: memoryview | None = None
+    start: int = 0
+    filled: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self.filled
 
 
 def tensor_bytes(tensor: Any) -> memoryview:

@@ -104,6 +104,24 @@ def test_concurrent_writers_of_wide_tensors(tmp_path, small_stages):
     assert torch.equal(written, torch.cat(tensors).view(torch.int16))  # bit for bit
 
 
+def test_a_keys_chunks_fill_one_buffer_and_their_shared_blocks_go_direct(tmp_path, monkeypatch, small_stages):
+    """Chunks of a key, written one after another by one thread, continue one another: only the
+    partial blocks at the key's two ends go through the page cache."""
+    size = 40 * BLOCK
+    file = File(tmp_path / "out", size)
+    writer = DirectWrites(file.path, file.buffered)
+    if not writer.active:
+        pytest.skip("this file system refuses O_DIRECT")
+    data = os.urandom(size)
+    start, stop = 100, size - 77  # the key's bytes; chunks of 3 blocks and a bit
+    for offset in range(start, stop, 3 * BLOCK + 10):
+        writer.write(as_tensor(data[offset:min(offset + 3 * BLOCK + 10, stop)]), offset)
+    writer.close()
+    expected = bytes(start) + data[start:stop] + bytes(size - stop)
+    assert file.close() == expected
+    assert file.buffered_bytes == (BLOCK - start) + (BLOCK - 77)
+
+
 def test_a_refusal_mid_way_sends_the_rest_through_the_page_cache(tmp_path, monkeypatch, small_stages):
     size = 20 * BLOCK
     file = File(tmp_path / "out", size)
