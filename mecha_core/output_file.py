@@ -2,9 +2,9 @@
 
 The layout (every tensor's name, dtype and shape) is known before the first result, so the header is
 written first and each result goes straight to its offset with ``pwrite`` (its whole blocks past the
-page cache, see :mod:`mecha_core.direct_writes`), in whatever order the
-workers finish. Everything is written to a temporary file in the target folder; only a complete,
-flushed file is renamed over the target. On any failure, or Ctrl-C, the temporary file is removed
+page cache, see :mod:`mecha_core.direct_writes`), in whatever order the workers finish. Everything
+is written to a temporary file in the target folder; only a complete, flushed file is renamed over
+the target. On any failure, or Ctrl-C, the temporary file is removed
 and whatever was at the target stays untouched.
 """
 

@@ -52,6 +52,22 @@ def as_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+def fail_direct_writes(monkeypatch, file: File, error: int, after: int = 0) -> list[int]:
+    """Make writes on the direct descriptor (any but `file`'s own) raise `error` after the first
+    `after` succeed; returns the offsets the direct writes were sent to."""
+    real_pwrite, direct_calls = os.pwrite, []
+
+    def pwrite(fd: int, data: memoryview, offset: int) -> int:
+        if fd != file.fd:
+            direct_calls.append(offset)
+            if len(direct_calls) > after:
+                raise OSError(error, os.strerror(error))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    return direct_calls
+
+
 @pytest.fixture
 def small_stages(monkeypatch):
     """Stages of three blocks, so that a write spans several and the workers wait for free ones."""
@@ -125,16 +141,7 @@ def test_a_keys_chunks_fill_one_buffer_and_their_shared_blocks_go_direct(tmp_pat
 def test_a_refusal_mid_way_sends_the_rest_through_the_page_cache(tmp_path, monkeypatch, small_stages):
     size = 20 * BLOCK
     file = File(tmp_path / "out", size)
-    real_pwrite, direct_calls = os.pwrite, []
-
-    def refusing_pwrite(fd: int, data: memoryview, offset: int) -> int:
-        if fd != file.fd:  # the direct descriptor: accept the first write, then refuse as some FUSE mounts do
-            direct_calls.append(offset)
-            if len(direct_calls) > 1:
-                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", refusing_pwrite)
+    direct_calls = fail_direct_writes(monkeypatch, file, errno.EINVAL, after=1)  # as some FUSE mounts do
     writer = DirectWrites(file.path, file.buffered)
     if not writer.active:
         pytest.skip("this file system refuses O_DIRECT")
@@ -148,14 +155,7 @@ def test_a_refusal_mid_way_sends_the_rest_through_the_page_cache(tmp_path, monke
 
 def test_a_failing_direct_write_is_raised_by_the_next_write_and_by_close(tmp_path, monkeypatch, small_stages):
     file = File(tmp_path / "out", 40 * BLOCK)
-    real_pwrite = os.pwrite
-
-    def failing_pwrite(fd: int, data: memoryview, offset: int) -> int:
-        if fd != file.fd:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", failing_pwrite)
+    fail_direct_writes(monkeypatch, file, errno.EIO)
     writer = DirectWrites(file.path, file.buffered)
     if not writer.active:
         pytest.skip("this file system refuses O_DIRECT")
