@@ -17,10 +17,11 @@ from mecha_core import get_plugins
 
 
 def _write(arch_name: str, path: Path, seed: int) -> Path:
-    from mecha_sd1.generation import write_random_model
+    from mecha_core.random_models import write_random_model
+    from mecha_sd_blocks import PRUNED_COMPONENTS
     print(f"generating {path}")
     specs = get_plugins().architectures.get(arch_name).key_specs.values()
-    return write_random_model(path, specs, seed=seed, dtype=torch.float16)
+    return write_random_model(path, specs, seed=seed, dtype=torch.float16, pruned=PRUNED_COMPONENTS)
 
 
 def ensure_sd1(folder: Path, count: int) -> list[Path]:

@@ -7,6 +7,10 @@ Build a recipe, then merge it::
     mecha.merge(recipe, "out.safetensors")
 
 Every registered merge method is an attribute of this package (and of ``mecha_core.methods``).
+
+``__all__`` is the whole API, for scripts and plugins alike: a plugin imports from ``mecha_core``
+the names listed there (modules among them: ``dtypes``, ``keyspecs``, ``random_models``,
+``methods``) and the test kit ``mecha_core.testing``, nothing else (a test keeps it so).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from . import methods
+from . import dtypes, keyspecs, methods, random_models
 from .architecture import Architecture, ArchitectureMatch, Component, KeySpec
 from .cli_command import CliCommand
 from .errors import MechaError, MergeError, ModelFileError, PluginError, RecipeError, RecipeSyntaxError
@@ -28,7 +32,7 @@ from .plugins import Plugins, get_plugins, load_plugins, set_plugins, using_plug
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, compose, model, parameter
 from .recipe_format import deserialize, serialize
 from .spaces import Delta, MergeSpace, Same, Weight
-from .tensor_files import SafetensorsFile, TensorInfo, open_tensor_file
+from .tensor_files import SafetensorsFile, TensorFile, TensorInfo, open_tensor_file
 
 # torch warns at import when numpy is absent; mecha never uses numpy.
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
@@ -39,9 +43,10 @@ __all__ = [
     "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "KeySource", "KeySpec", "MechaError",
     "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace", "ModelFileError", "ModelNode",
     "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins", "RecipeError", "RecipeMerger",
-    "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorInfo", "Weight", "blocks", "classes",
-    "compose", "default", "deserialize", "get_plugins", "hookimpl", "load_plugins", "merge", "merge_method",
-    "methods", "model", "open_tensor_file", "parameter", "save_tensors", "serialize", "set_plugins", "using_plugins",
+    "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorFile", "TensorInfo", "Weight", "blocks",
+    "classes", "compose", "default", "deserialize", "dtypes", "get_plugins", "hookimpl", "keyspecs", "load_plugins",
+    "merge", "merge_method", "methods", "model", "open_tensor_file", "parameter", "random_models", "save_tensors",
+    "serialize", "set_plugins", "using_plugins",
 ]
 
 

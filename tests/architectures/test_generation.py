@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+from mecha_core.random_models import random_tensor, write_random_model
 from mecha_core.tensor_files import open_tensor_file
 from mecha_core.testing import check_architecture, write_model
 from mecha_sd1 import sd1
-from mecha_sd1.generation import random_tensor, write_random_model
 from mecha_sd1.sd1 import SD1
+from mecha_sd_blocks import PRUNED_COMPONENTS
 from mecha_sd3 import sd3
 from mecha_sd3.sd3 import SD3
 from mecha_sdxl import sdxl
@@ -42,7 +43,8 @@ def test_tiny_shapes_keep_the_structure(keys):
 
 
 def test_a_streamed_file_equals_the_generated_dict(tmp_path):
-    path = write_random_model(tmp_path / "s.safetensors", sd1.keys(tiny=True), seed=3, dtype=torch.float16)
+    path = write_random_model(tmp_path / "s.safetensors", sd1.keys(tiny=True), seed=3, dtype=torch.float16,
+                              pruned=PRUNED_COMPONENTS)
     expected = SD1.generate(seed=3, dtype=torch.float16)
     with open_tensor_file(path) as file:
         assert set(file.tensors) == set(expected)

@@ -7,7 +7,8 @@ import math
 import re
 
 import pytest
-from mecha_sd1.generation import selected
+from mecha_core.random_models import selected
+from mecha_sd_blocks import PRUNED_COMPONENTS
 from mecha_sd1.sd1 import SD1
 from mecha_sd3.sd3 import SD3
 from mecha_sdxl.sdxl import SDXL
@@ -97,7 +98,7 @@ def test_components_and_blocks_have_the_sd_mecha_names(arch, components):
 
 
 def test_a_pruned_sd1_file_has_1131_keys_and_1_07_g_parameters():
-    pruned = selected(SD1.key_specs.values(), optional=False)
+    pruned = selected(SD1.key_specs.values(), optional=False, pruned=PRUNED_COMPONENTS)
     assert len(pruned) == 1131
     assert {s.component for s in pruned} == {"txt", "unet", "vae"}
     assert round(sum(math.prod(s.shape) for s in pruned) / 1e9, 2) == 1.07

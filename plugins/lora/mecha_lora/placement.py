@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from mecha_core import Architecture, MechaError
-from mecha_core.tensor_files import TensorFile, TensorInfo
+from mecha_core import Architecture, MechaError, TensorFile, TensorInfo
 
 from .lora_file import DOWN, UNSUPPORTED_MARKERS, UNSUPPORTED_NOTE, UP, Grouped, Module, group, is_lora
 from .naming import LoraNames, Target, lora_names

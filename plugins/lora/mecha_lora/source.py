@@ -18,8 +18,7 @@ import threading
 from collections.abc import Collection, Iterator
 from typing import Any
 
-from mecha_core import Architecture, MechaError, dtypes
-from mecha_core.tensor_files import TensorFile, TensorInfo
+from mecha_core import Architecture, MechaError, TensorFile, TensorInfo, dtypes
 
 from .lora_file import ALPHA, DOWN, UP, Module
 from .naming import Target

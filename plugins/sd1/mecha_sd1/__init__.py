@@ -1,9 +1,6 @@
 """mecha-sd1: the Stable Diffusion 1.x architecture, registered through ``mecha_architectures()``.
 
-Its structural builders are public so that other architecture plugins reuse them rather than copy
-them: :mod:`mecha_sd1.specs` (composing key specs), :mod:`mecha_sd1.clip` (CLIP text encoder),
-:mod:`mecha_sd1.unet` (LDM UNet), :mod:`mecha_sd1.vae` (KL autoencoder) and
-:mod:`mecha_sd1.generation` (random checkpoints, whole or streamed key by key).
+Its layout is composed from the shared builders of mecha-sd-blocks (CLIP, LDM UNet, VAE).
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 from mecha_core import Architecture, Component, KeySpec
-
-from .clip import ClipTextConfig, clip_text_keys
-from .generation import generator
-from .schedule import scheduler_keys
-from .specs import nest, param, passthrough
-from .unet import UNetConfig, unet_keys
-from .vae import VaeConfig, vae_keys
+from mecha_core.keyspecs import nest, param, passthrough
+from mecha_core.random_models import generator
+from mecha_sd_blocks import PRUNED_COMPONENTS
+from mecha_sd_blocks.clip import ClipTextConfig, clip_text_keys
+from mecha_sd_blocks.schedule import scheduler_keys
+from mecha_sd_blocks.unet import UNetConfig, unet_keys
+from mecha_sd_blocks.vae import VaeConfig, vae_keys
 
 TEXT_ENCODER = ClipTextConfig(width=768, layers=12, mlp=3072)
 UNET = UNetConfig(model_channels=320, channel_mult=(1, 2, 4, 4), transformer_depth=(1, 1, 1, 0),
@@ -69,5 +69,5 @@ SD1 = Architecture(
     components=COMPONENTS,
     keys=keys,
     summary="Stable Diffusion 1.x single-file checkpoint (LDM layout: CLIP-L, UNet, VAE, optional EMA)",
-    generate=generator(keys),
+    generate=generator(keys, pruned=PRUNED_COMPONENTS),
 )

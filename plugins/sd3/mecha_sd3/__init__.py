@@ -1,7 +1,7 @@
 """mecha-sd3: the Stable Diffusion 3 architecture, registered through ``mecha_architectures()``.
 
-It reuses the CLIP and VAE builders of mecha-sd1 and adds the T5 encoder (:mod:`mecha_sd3.t5`) and
-the MMDiT (:mod:`mecha_sd3.mmdit`).
+It composes the shared builders of mecha-sd-blocks (CLIP-L/G, T5-XXL, VAE) with its own MMDiT
+(:mod:`mecha_sd3.mmdit`).
 """
 
 from __future__ import annotations

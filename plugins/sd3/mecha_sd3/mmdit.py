@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from mecha_core import KeySpec
-from mecha_sd1.specs import conv, linear, nest, param, tag, within
+from mecha_core.keyspecs import conv, linear, nest, param, tag, within
 
 
 @dataclasses.dataclass(frozen=True)

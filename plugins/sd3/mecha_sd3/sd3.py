@@ -9,14 +9,15 @@ Passed through unchanged: the VAE and the sampling sigmas (``scheduler``).
 from __future__ import annotations
 
 from mecha_core import Architecture, Component, KeySpec
-from mecha_sd1.clip import ClipTextConfig, clip_text_keys
-from mecha_sd1.generation import generator
-from mecha_sd1.schedule import TIMESTEPS, TINY_TIMESTEPS
-from mecha_sd1.specs import nest, param, passthrough, tag
-from mecha_sd1.vae import VaeConfig, vae_keys
+from mecha_core.keyspecs import nest, param, passthrough, tag
+from mecha_core.random_models import generator
+from mecha_sd_blocks import PRUNED_COMPONENTS
+from mecha_sd_blocks.clip import ClipTextConfig, clip_text_keys
+from mecha_sd_blocks.schedule import TIMESTEPS, TINY_TIMESTEPS
+from mecha_sd_blocks.t5 import T5EncoderConfig, t5_encoder_keys
+from mecha_sd_blocks.vae import VaeConfig, vae_keys
 
 from .mmdit import MMDiTConfig, mmdit_keys
-from .t5 import T5EncoderConfig, t5_encoder_keys
 
 CLIP_L = ClipTextConfig(width=768, layers=12, mlp=3072, projection=768, position_ids=False)
 CLIP_G = ClipTextConfig(width=1280, layers=32, mlp=5120, projection=1280, position_ids=False)
@@ -61,5 +62,5 @@ SD3 = Architecture(
     components=COMPONENTS,
     keys=keys,
     summary="Stable Diffusion 3 single-file checkpoint (ComfyUI layout: CLIP-L, CLIP-G, T5-XXL, MMDiT, VAE)",
-    generate=generator(keys),
+    generate=generator(keys, pruned=PRUNED_COMPONENTS),
 )

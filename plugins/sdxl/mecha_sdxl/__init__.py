@@ -1,7 +1,7 @@
 """mecha-sdxl: the Stable Diffusion XL architecture, registered through ``mecha_architectures()``.
 
-It reuses the CLIP, UNet and VAE builders of mecha-sd1 and adds the OpenCLIP text encoder
-(:mod:`mecha_sdxl.open_clip`).
+Its layout is composed from the shared builders of mecha-sd-blocks (CLIP-L, OpenCLIP-bigG, LDM
+UNet, VAE).
 """
 
 from __future__ import annotations

@@ -15,14 +15,14 @@ from __future__ import annotations
 import dataclasses
 
 from mecha_core import Architecture, Component, KeySpec
-from mecha_sd1.clip import ClipTextConfig, clip_text_keys
-from mecha_sd1.generation import generator
-from mecha_sd1.schedule import scheduler_keys
-from mecha_sd1.specs import nest, param, passthrough
-from mecha_sd1.unet import UNetConfig, unet_keys
-from mecha_sd1.vae import VaeConfig, vae_keys
-
-from .open_clip import OpenClipTextConfig, open_clip_text_keys
+from mecha_core.keyspecs import nest, param, passthrough
+from mecha_core.random_models import generator
+from mecha_sd_blocks import PRUNED_COMPONENTS
+from mecha_sd_blocks.clip import ClipTextConfig, clip_text_keys
+from mecha_sd_blocks.open_clip import OpenClipTextConfig, open_clip_text_keys
+from mecha_sd_blocks.schedule import scheduler_keys
+from mecha_sd_blocks.unet import UNetConfig, unet_keys
+from mecha_sd_blocks.vae import VaeConfig, vae_keys
 
 TEXT_ENCODER = ClipTextConfig(width=768, layers=12, mlp=3072)
 TEXT_ENCODER_2 = OpenClipTextConfig(width=1280, layers=32, mlp=5120, projection=1280)
@@ -75,5 +75,5 @@ SDXL = Architecture(
     components=COMPONENTS,
     keys=keys,
     summary="Stable Diffusion XL single-file checkpoint (SGM layout: CLIP-L, OpenCLIP bigG, UNet, VAE)",
-    generate=generator(keys),
+    generate=generator(keys, pruned=PRUNED_COMPONENTS),
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mecha_core import KeySpec
 
-from .specs import param, passthrough
+from mecha_core.keyspecs import param, passthrough
 
 TIMESTEPS = 1000
 TINY_TIMESTEPS = 16

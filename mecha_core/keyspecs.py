@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from mecha_core import KeySpec
+from .architecture import KeySpec
 
 Shape = tuple[int, ...]
 

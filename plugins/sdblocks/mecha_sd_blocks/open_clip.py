@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from mecha_core import KeySpec
-from mecha_sd1.specs import linear, nest, norm, param, tag, within
+from mecha_core.keyspecs import linear, nest, norm, param, tag, within
 
 
 @dataclasses.dataclass(frozen=True)

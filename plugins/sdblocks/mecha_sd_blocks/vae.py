@@ -10,7 +10,7 @@ import dataclasses
 
 from mecha_core import KeySpec
 
-from .specs import conv, nest, norm, passthrough
+from mecha_core.keyspecs import conv, nest, norm, passthrough
 
 
 @dataclasses.dataclass(frozen=True)

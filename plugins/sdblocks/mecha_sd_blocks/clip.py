@@ -11,7 +11,7 @@ import dataclasses
 
 from mecha_core import KeySpec
 
-from .specs import linear, nest, norm, param, passthrough, tag, within
+from mecha_core.keyspecs import linear, nest, norm, param, passthrough, tag, within
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import dataclasses
 
 from mecha_core import KeySpec
 
-from .specs import conv, linear, nest, norm, tag, within
+from mecha_core.keyspecs import conv, linear, nest, norm, tag, within
 
 
 @dataclasses.dataclass(frozen=True)
