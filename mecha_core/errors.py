@@ -59,6 +59,24 @@ class MergeError(MechaError):
     """A merge that cannot proceed: incompatible inputs, a method failing on a key, non-finite values."""
 
 
+class Signalled(KeyboardInterrupt):
+    """Ctrl-C or a termination signal, raised by the CLI's handlers (a KeyboardInterrupt, so that the
+    same clean-up runs): it tells a real interrupt from a KeyboardInterrupt some code raised."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def from_signal(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt comes from a signal rather than from code (a plugin raising it).
+
+    Under Python's own SIGINT handler there is no telling, so any KeyboardInterrupt counts as Ctrl-C;
+    the CLI installs handlers raising :class:`Signalled`, and there a bare one comes from code."""
+    import signal
+    return isinstance(error, Signalled) or signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def suggest(name: str, choices: Iterable[str], *, what: str = "name") -> str:
     """A sentence pointing at the nearest valid names, for an unknown `name`."""
     choices = sorted(set(choices))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import os
+import re
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,11 +18,12 @@ from .errors import MechaError
 from .output_file import OutputFile
 from .planning import MergeOptions, MergePlan, plan_merge
 from .plugins import get_plugins
-from .recipe import RecipeNode, as_node
+from .recipe import ModelNode, RecipeNode, as_node, transform
 from .recipe_format import deserialize, serialize
 from .scheduler import DictSink, Progress, Sink, run_plan
 
 NONFINITE_MODES = ("warn", "fail", "skip", "ignore")
+STORED_RECIPE_BYTES = 8 << 20  # the recipe in an output's header, JSON-escaped, at most (the whole header may not pass 100 MB)
 
 
 @dataclasses.dataclass
@@ -80,7 +85,7 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
           save_dtype: Any = None, fallback_model: Any = None, drop: Iterable[str] = (), nonfinite: str = "warn",
           save_as: str | None = None, save_options: Mapping[str, Any] | None = None,
           memory_budget: int | None = None, cache: dict[Any, Any] | None = None,
-          progress: Progress | None = None) -> Any:
+          progress: Progress | None = None, store_model_paths: bool = False) -> Any:
     """Merge a recipe. Returns a dict of tensors when `output` is None, else writes the file and returns its path.
 
     `recipe` is a recipe node, ``.mecha`` text or the path of a ``.mecha`` file. Model names are looked
@@ -94,16 +99,19 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
     holds for a chunk of an elementwise merge. `cache` (a dict kept between calls) lets methods that
     ask for it reuse per-key work: calls of one method on the same inputs share an entry, whatever
     their hyperparameters, so re-merging with another alpha skips the expensive part.
+    The recipe stored in the output names each model by its file name; `store_model_paths` keeps the
+    paths as the recipe gives them (which may show the folders of this machine).
     """
     return merge_with_report(recipe, output, models_dir=models_dir, threads=threads, device=device,
                              work_dtype=work_dtype, save_dtype=save_dtype, fallback_model=fallback_model, drop=drop,
                              nonfinite=nonfinite, save_as=save_as, save_options=save_options,
-                             memory_budget=memory_budget, cache=cache, progress=progress)[0]
+                             memory_budget=memory_budget, cache=cache, progress=progress,
+                             store_model_paths=store_model_paths)[0]
 
 
 def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
                       progress: Progress | None = None, on_plan: Callable[[MergePlan], None] | None = None,
-                      **options: Any) -> tuple[Any, MergeReport]:
+                      store_model_paths: bool = False, **options: Any) -> tuple[Any, MergeReport]:
     """:func:`merge`, also returning a :class:`MergeReport`; `on_plan` sees the plan before any tensor is read."""
     node = _recipe(recipe)
     merge_options = make_options(**options)
@@ -117,25 +125,88 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         if output is None:
             sink = DictSink(layout)
             _run(plan, sink, progress)
+            _check_inputs_unchanged(plan)
             report = MergeReport(None, merged, len(plan.keys) - merged, 0, plan.notes)
             return sink.tensors, report
         target = Path(output)
-        metadata = {"mecha_recipe": _recipe_text(node)}
+        metadata = _stored_recipe(_recipe_text(node, store_model_paths))
         if plan.encoder is not None:
             metadata.update(plan.encoder.metadata)
-        with OutputFile(target, layout, metadata, inputs=plan.input_paths()) as out:
+        inputs = plan.input_paths() + _recipe_files(recipe)
+        with OutputFile(target, layout, metadata, inputs=inputs) as out:
             _run(plan, _FileSink(out), progress)
+            _check_inputs_unchanged(plan)
             out.commit()
         return target, MergeReport(target, merged, len(plan.keys) - merged, out.total_size, plan.notes)
     finally:
         plan.close()
 
 
-def _recipe_text(node: RecipeNode) -> str:
+def _recipe_files(recipe: RecipeNode | str | os.PathLike[str]) -> list[Path]:
+    """The recipe file, when the recipe was given as one (the output may not replace it)."""
+    if isinstance(recipe, os.PathLike) or (isinstance(recipe, str) and "\n" not in recipe and os.path.isfile(recipe)):
+        return [Path(recipe)]
+    return []
+
+
+def _check_inputs_unchanged(plan: MergePlan) -> None:
+    """Refuse a result read from a model that changed during the merge (see SafetensorsFile.check_unchanged)."""
+    for leaf in plan.leaves + ([plan.fallback] if plan.fallback else []):
+        check = getattr(leaf.file, "check_unchanged", None)
+        if check is not None:
+            check()
+
+
+def _recipe_text(node: RecipeNode, store_model_paths: bool) -> str:
+    if not store_model_paths:
+        names = _short_names([n.source for n in node.models() if isinstance(n.source, str)])
+        node = transform(node, lambda n: ModelNode(names[n.source], n.arch, n.type)
+                         if isinstance(n, ModelNode) and isinstance(n.source, str) else n)
     try:
         return serialize(node)
     except MechaError:
         return "<recipe with in-memory models>"
+
+
+def _short_names(sources: list[str]) -> dict[str, str]:
+    """Each model path cut to its file name, so the folders of the maker's machine stay private;
+    paths sharing a file name keep as many of their last folders as tell them apart."""
+    parts = {source: [p for p in re.split(r"[\\/]", source) if p] or [source] for source in sources}
+    depth = dict.fromkeys(parts, 1)
+    while True:
+        names = {source: "/".join(parts[source][-depth[source]:]) for source in parts}
+        holders: dict[str, set[str]] = {}
+        for source, name in names.items():
+            holders.setdefault(name, set()).add(source)
+        clashes = [s for group in holders.values() if len(group) > 1 for s in group if depth[s] < len(parts[s])]
+        if not clashes:
+            return names
+        for source in clashes:
+            depth[source] += 1
+
+
+def _stored_recipe(text: str) -> dict[str, str]:
+    """The recipe as output metadata, bounded: as text, else zlib-compressed (base64, under
+    ``mecha_recipe_zlib``), else a note saying it was left out, so the header stays readable."""
+    if len(json.dumps(text)) <= STORED_RECIPE_BYTES:
+        return {"mecha_recipe": text}
+    packed = base64.b64encode(zlib.compress(text.encode("utf-8"), 9)).decode("ascii")
+    if len(packed) <= STORED_RECIPE_BYTES:
+        return {"mecha_recipe_zlib": packed}
+    return {"mecha_recipe_omitted": f"the recipe ({text.count(chr(10))} lines, {len(text)} characters) is too "
+                                    f"large to store in the output; keep its .mecha file"}
+
+
+def stored_recipe(metadata: Mapping[str, str]) -> str | None:
+    """The recipe an output of mecha holds in its metadata (None when it holds none)."""
+    if "mecha_recipe" in metadata:
+        return metadata["mecha_recipe"]
+    if "mecha_recipe_zlib" in metadata:
+        try:
+            return zlib.decompress(base64.b64decode(metadata["mecha_recipe_zlib"])).decode("utf-8")
+        except (ValueError, zlib.error):
+            return None
+    return metadata.get("mecha_recipe_omitted")
 
 
 def _layout(plan: MergePlan) -> list[tuple[str, str, tuple[int, ...]]]:

@@ -5,15 +5,24 @@ written first and each result goes straight to its offset with ``pwrite`` (its w
 page cache, see :mod:`mecha_core.direct_writes`), in whatever order the workers finish. Everything
 is written to a temporary file in the target folder; only a complete, flushed file is renamed over
 the target. On any failure, or Ctrl-C, the temporary file is removed
-and whatever was at the target stays untouched.
+and whatever was at the target stays untouched. No output is written over one of its inputs (see
+:mod:`mecha_core.input_guard`).
+
+A temporary file's name carries its writer (a hash of the host name and the process id), so that
+the next write into the same folder can remove what a killed writer left (:func:`remove_stale_temporaries`)
+without touching the file of a writer still running, here or on another host sharing the folder.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,8 +31,13 @@ from typing import Any
 from . import dtypes
 from .direct_writes import DirectWrites
 from .errors import MechaError
+from .input_guard import FileId, file_id, identities, refuse_writing_over_inputs
 
 TEMP_SUFFIX = ".mecha-tmp"
+READABLE_HEADER_BYTES = 100_000_000  # the safetensors library refuses a longer header (mecha reads up to 100 MiB)
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+_TEMP_NAME = re.compile(r"\.[^/]*\.([0-9a-f]{8})-([0-9]+)-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
+_committed: list[Path] = []  # every output renamed into place by this process, in order
 
 
 def plan_layout(entries: Iterable[tuple[str, str, tuple[int, ...]]]) -> list[tuple[str, str, tuple[int, ...], int, int]]:
@@ -61,36 +75,21 @@ class OutputFile:
         self.offsets = {name: (start, dtype_name) for name, dtype_name, _, start, _ in self.layout}
         self.header = encode_header(self.layout, metadata)
         self.total_size = len(self.header) + (self.layout[-1][4] if self.layout else 0)
-        self._check_target(inputs)
+        if len(self.header) - 8 > READABLE_HEADER_BYTES:
+            raise MechaError(f"{str(self.path)!r}: the header would be {len(self.header) - 8} bytes, more than the "
+                             f"{READABLE_HEADER_BYTES} that safetensors readers accept; store less metadata")
+        self._inputs = identities(inputs)
+        _check_target(self.path, self._inputs)
         self._fd: int | None = None
         self._temp: Path | None = None
+        self._temp_id: FileId | None = None
         self._direct: DirectWrites | None = None
         self._write_lock = threading.Lock()
-
-    def _check_target(self, inputs: Iterable[str | os.PathLike[str]]) -> None:
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise MechaError(f"output folder {str(folder)!r} does not exist; create it first")
-        if self.path.is_dir():
-            raise MechaError(f"output {str(self.path)!r} is a folder; give a file name")
-        if self.path.exists() and not self.path.is_file():
-            raise MechaError(f"output {str(self.path)!r} exists and is not a regular file (a device or pipe?); "
-                             f"choose another output name")
-        for source in inputs:
-            source = Path(source)
-            same = self.path.resolve() == source.resolve()
-            if not same and self.path.exists():
-                try:
-                    same = os.path.samefile(self.path, source)
-                except OSError:
-                    same = False
-            if same:
-                raise MechaError(f"refusing to write the output over the input {str(source)!r}; choose another "
-                                 f"output name")
 
     def __enter__(self) -> OutputFile:
         self._fd, self._temp = _make_temp(self.path)
         try:
+            self._temp_id = file_id(os.fstat(self._fd))
             self._reserve()
             self._pwrite(memoryview(self.header), 0)
             self._direct = DirectWrites(self._temp, self._write_buffered)
@@ -166,9 +165,11 @@ class OutputFile:
             os.fchmod(self._fd, _default_mode())
             fd, self._fd = self._fd, None
             os.close(fd)
+            refuse_writing_over_inputs(self.path, self._inputs)  # again: the folder may have changed meanwhile
             os.replace(self._temp, self.path)
         except OSError as error:
             raise MechaError(f"cannot finish writing {str(self.path)!r}: {error.strerror}") from None
+        _committed.append(self.path)
         self._temp = None
         _fsync_folder(self.path.parent)
         return self.path
@@ -183,7 +184,7 @@ class OutputFile:
                 os.close(fd)
         finally:  # even if a second Ctrl-C lands here, the temporary file goes
             if temp is not None:
-                temp.unlink(missing_ok=True)
+                _drop_temp(temp, self._temp_id, self.path)
 
     def _close_direct(self, *, discard: bool) -> None:
         """Finish the direct writes still queued (or drop them, for an abandoned output)."""
@@ -204,13 +205,104 @@ def _target(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
+def _check_target(path: Path, inputs: dict[FileId, str]) -> None:
+    """Refuse an output that cannot be written, or that is one of the inputs, before any work."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise MechaError(f"output folder {str(folder)!r} does not exist; create it first")
+    if path.is_dir():
+        raise MechaError(f"output {str(path)!r} is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise MechaError(f"output {str(path)!r} exists and is not a regular file (a device or pipe?); "
+                         f"choose another output name")
+    limit = _name_max(folder)
+    if len(os.fsencode(path.name)) > limit:
+        raise MechaError(f"output name {path.name[:40]!r}... is {len(os.fsencode(path.name))} bytes long; the file "
+                         f"system of {str(folder)!r} allows at most {limit}")
+    refuse_writing_over_inputs(path, inputs)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _temp_name(path: Path) -> str:
+    """``.NAME.HOST-PID-RANDOM.mecha-tmp``, NAME cut short so the whole fits the file system's name limit."""
+    tag = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    room = _name_max(path.parent) - 1 - len(tag)
+    name = os.fsencode(path.name)[:max(room, 1)].decode("utf-8", "ignore") or "out"
+    return "." + name + tag
+
+
 def _make_temp(path: Path) -> tuple[int, Path]:
     """A new temporary file next to `path` (same file system, so the final rename is atomic)."""
+    remove_stale_temporaries(path.parent)
+    for _ in range(100):
+        temp = path.parent / _temp_name(path)
+        try:
+            return os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), temp
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise MechaError(f"cannot create a file in {str(path.parent)!r}: {error.strerror}") from None
+    raise MechaError(f"cannot create a file in {str(path.parent)!r}: every temporary name tried exists")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files that writers of this host, now gone, left in `folder` (killed by
+    SIGKILL, a power cut...). Only regular files of ours by name and owner, whose writer process no
+    longer exists, are removed; a folder that cannot be listed is left alone. Returns what was removed."""
+    removed = []
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    except OSError as error:
-        raise MechaError(f"cannot create a file in {str(path.parent)!r}: {error.strerror}") from None
-    return fd, Path(temp)
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None or match.group(1) != _HOST or _alive(int(match.group(2))):
+            continue
+        try:
+            status = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(status.st_mode) and status.st_uid == os.getuid():
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or no way to tell: keep the file
+    return True
+
+
+def _drop_temp(temp: Path, temp_id: FileId | None, target: Path) -> None:
+    """Remove a temporary file, unless it was already renamed over `target` (an interrupt arrived
+    between the rename and its bookkeeping): then the output is complete and counts as written."""
+    try:
+        landed = temp_id is not None and not temp.exists() and file_id(os.stat(target)) == temp_id
+    except OSError:
+        landed = False
+    if landed:
+        if target not in _committed:
+            _committed.append(target)
+        return
+    temp.unlink(missing_ok=True)
+
+
+def committed_outputs() -> list[Path]:
+    """Every output this process renamed into place, oldest first (the CLI says whether one was)."""
+    return list(_committed)
 
 
 def _default_mode() -> int:
@@ -233,28 +325,31 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write a small text file (a recipe) through a temporary file and a rename."""
+def write_text_atomically(path: Path, text: str, *, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Write a small text file (a recipe) through a temporary file and a rename, never over `inputs`."""
     path = _target(path)
-    if not path.parent.is_dir():
-        raise MechaError(f"output folder {str(path.parent)!r} does not exist; create it first")
-    if path.is_dir():
-        raise MechaError(f"output {str(path)!r} is a folder; give a file name")
+    known = identities(inputs)
+    _check_target(path, known)
     fd, temp = _make_temp(path)
+    temp_id = None
     try:
+        temp_id = file_id(os.fstat(fd))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
             os.fchmod(handle.fileno(), _default_mode())
+        refuse_writing_over_inputs(path, known)
         os.replace(temp, path)
+        _committed.append(path)
     except OSError as error:
-        temp.unlink(missing_ok=True)
+        _drop_temp(temp, temp_id, path)
         raise MechaError(f"cannot write {str(path)!r}: {error.strerror}") from None
     except BaseException:
-        temp.unlink(missing_ok=True)
+        _drop_temp(temp, temp_id, path)
         raise
     _fsync_folder(path.parent)
+    return path
 
 
 def save_tensors(tensors: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,

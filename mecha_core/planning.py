@@ -444,6 +444,11 @@ def _plan_keys(root: Op, architecture: Architecture, leaves: list[Leaf], fallbac
         if len(shapes) > 1:
             listed = ", ".join(f"{leaf.label} {list(info.shape)}" for leaf, info in infos)
             raise MergeError(f"key {key!r} has different shapes in the inputs: {listed}")
+        kinds = {dtypes.is_float_name(info.torch_dtype_name) for _, info in infos}
+        if len(kinds) > 1:  # a float in one input, an integer or bool in another: blending or copying would be a guess
+            listed = ", ".join(f"{leaf.label} {info.torch_dtype_name}" for leaf, info in infos)
+            raise MergeError(f"key {key!r} is a float tensor in some inputs and an integer or bool tensor in "
+                             f"others: {listed}; the inputs do not hold the same kind of value there")
         mergeable = spec.merged and dtypes.is_float_name(first.torch_dtype_name)
         if mergeable and provides(root, key, {}):
             plans.append(KeyPlan(key, spec, first.shape, True, options.save_dtype, chunkable=chunkable))

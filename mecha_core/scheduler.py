@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import dtypes
-from .errors import MechaError, MergeError
+from .errors import MechaError, MergeError, from_signal
 from .hyper import resolve
 from .planning import KeyPlan, MergePlan, Op, provides, usable_inputs
 from .spaces import MergeSpace
@@ -253,8 +253,12 @@ class KeyRunner:
             self._release(op, memo, remaining)
             result = self._invoke(op, args, hypers, plan, device, work)
         if not isinstance(result, self.torch.Tensor):
-            raise MergeError(f"merge method {method.name!r} returned {type(result).__name__} for key "
+            raise MergeError(f"merge method {method.name!r}{_origin(op)} returned {type(result).__name__} for key "
                              f"{plan.name!r}, expected a tensor")
+        if result.is_meta or result.layout != self.torch.strided:
+            what = "a meta tensor (no data)" if result.is_meta else f"a {result.layout} tensor"
+            raise MergeError(f"merge method {method.name!r}{_origin(op)} returned {what} for key {plan.name!r}, "
+                             f"expected a dense tensor with data")
         return result
 
     def _release(self, op: Op, memo: dict[int, Any], remaining: dict[int, int]) -> None:
@@ -272,7 +276,9 @@ class KeyRunner:
         assert method is not None and method.coefficients is not None
         try:
             coefficients = [float(c) for c in method.coefficients(len(children), **hypers)]
-        except Exception as error:
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt) and from_signal(error):
+                raise
             raise MergeError(f"merge method {method.name!r}: its coefficients failed on key {plan.name!r}: "
                              f"{type(error).__name__}: {error}") from error
         if len(coefficients) != len(children):
@@ -320,10 +326,15 @@ class KeyRunner:
             return method.invoke(args, hypers, context)
         except MechaError:
             raise
-        except Exception as error:
-            origin = f" from plugin {op.provider}" if op.provider else ""
-            raise MergeError(f"merge method {method.name!r}{origin} failed on key {plan.name!r}: "
+        except BaseException as error:  # sys.exit() included: a plugin never decides mecha's exit status
+            if isinstance(error, KeyboardInterrupt) and from_signal(error):
+                raise
+            raise MergeError(f"merge method {method.name!r}{_origin(op)} failed on key {plan.name!r}: "
                              f"{type(error).__name__}: {error}") from error
+
+
+def _origin(op: Op) -> str:
+    return f" from plugin {op.provider}" if op.provider else ""
 
 
 ROW_GROUP = 64  # rows a chunk holds at a time when it can (a LoRA composes its delta 64 rows per matmul)

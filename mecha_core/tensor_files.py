@@ -3,24 +3,37 @@
 A safetensors file is an 8-byte header length, a JSON header and a data section. The header comes from
 the internet, so every field is checked before it is used: nothing is allocated from a size the file
 claims, offsets must lie inside the data and not overlap, and each span must hold exactly shape x dtype
-bytes. Tensors are then served as zero-copy views of a private read-only memory map, so reading a key
-costs page-cache reads, not private memory.
+bytes.
+
+Tensors are read with ``preadv`` straight into the tensor's memory, not served from a memory map: a
+file truncated while it is mapped kills the process with SIGBUS (no message, no clean-up), where a
+short read is an error naming the file. The file is also checked against what it was when opened
+(device, inode, size, modification time) each time it is reopened and, through
+:meth:`SafetensorsFile.check_unchanged`, once everything has been read: a model rewritten in place
+during a merge is refused rather than merged half old, half new.
+
+Descriptors are opened lazily and pooled: a merge of hundreds of models holds at most a quarter of
+the process's open-file limit, one descriptor per model at most, closing the least recently used
+idle one to open another.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import errno
 import json
 import math
-import mmap
 import os
+import resource
 import stat
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import dtypes
+from . import dtypes, input_guard
+from .direct_writes import tensor_bytes
 from .errors import ModelFileError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -68,75 +81,125 @@ class TensorFile(Protocol):
 
 
 class SafetensorsFile:
-    """A validated safetensors file, read through a private memory map."""
+    """A validated safetensors file, read with ``preadv`` through a pooled descriptor."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.label = str(path)
-        self._lock = threading.Lock()
-        self._mmap: mmap.mmap | None = None
         self._fd: int | None = None
+        self._users = 0  # reads in progress on self._fd (the pool closes only idle descriptors)
+        self._status: tuple[int, int, int, int] | None = None  # (dev, ino, size, mtime_ns) when first opened
+        self._closed = False
+        fd = _POOL.acquire(self)
+        try:
+            self.file_size = self._status[2]  # type: ignore[index]
+            self.header_size, self.tensors, self.metadata = _read_header(fd, self.file_size, self.label)
+        except OSError as error:
+            _POOL.release(self)
+            self.close()
+            raise ModelFileError(f"{self.label}: cannot read: {error.strerror or error}") from None
+        except BaseException:
+            _POOL.release(self)
+            self.close()
+            raise
+        _POOL.release(self)
+        self.data_start = 8 + self.header_size
+
+    def _open(self) -> int:
+        """Open the file (again), checking it is still the file first opened; called by the pool."""
         try:
             # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
-            raise ModelFileError(f"{self.label}: no such file") from None
+            raise ModelFileError(f"{self.label}: no such file" if self._status is None else
+                                 f"{self.label}: the file was removed or renamed while mecha was reading it") from None
         except IsADirectoryError:
             raise ModelFileError(f"{self.label}: is a folder, not a model file") from None
-        except (OSError, ValueError) as error:
-            raise ModelFileError(f"{self.label}: cannot open: {getattr(error, 'strerror', None) or error}") from None
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):
+                raise
+            raise ModelFileError(f"{self.label}: cannot open: {error.strerror or error}") from None
+        except ValueError as error:
+            raise ModelFileError(f"{self.label}: cannot open: {error}") from None
         try:
             status = os.fstat(fd)
             if stat.S_ISDIR(status.st_mode):
                 raise ModelFileError(f"{self.label}: is a folder, not a model file")
             if not stat.S_ISREG(status.st_mode):
                 raise ModelFileError(f"{self.label}: is not a regular file (a device, pipe or socket?)")
-            self.file_size = status.st_size
-            self.header_size, self.tensors, self.metadata = _read_header(fd, self.file_size, self.label)
+            if self._status is None:
+                self._status = _signature(status)
+                input_guard.reading(input_guard.file_id(status), self.label)
+            elif _signature(status) != self._status:
+                raise self._changed()
         except OSError as error:
             os.close(fd)
             raise ModelFileError(f"{self.label}: cannot read: {error.strerror or error}") from None
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
-        self.data_start = 8 + self.header_size
+        return fd
 
-    def _map(self) -> mmap.mmap:
-        with self._lock:
-            if self._mmap is None:
-                if self._fd is None:
-                    raise ModelFileError(f"{self.label}: file was closed")
-                # ACCESS_COPY gives a writable (never written) private view, which torch can wrap
-                # without copying; pages stay file-backed until written, and we never write.
-                self._mmap = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
-            return self._mmap
+    def _changed(self) -> ModelFileError:
+        return ModelFileError(f"{self.label}: the file changed while mecha was reading it (it was rewritten, "
+                              f"replaced or truncated); nothing was written: merge again once it is complete")
+
+    def check_unchanged(self) -> None:
+        """Raise when the file, or what its path leads to, is no longer what it was when opened
+        (device, inode, size and modification time)."""
+        if self._status is None:
+            return
+        fd = _POOL.acquire(self)  # reopening checks the file; an open descriptor is checked here
+        try:
+            if _signature(os.fstat(fd)) != self._status:
+                raise self._changed()
+        finally:
+            _POOL.release(self)
+        try:  # and the path still leads to it (not replaced by a rename)
+            replaced = _signature(os.stat(self.path)) != self._status
+        except OSError:
+            replaced = True
+        if replaced:
+            raise self._changed()
 
     def read(self, name: str) -> Any:
-        """The whole tensor, as a zero-copy view in its stored dtype and shape."""
+        """The whole tensor, in its stored dtype and shape."""
         info = self.tensors[name]
         return self.read_flat(name, 0, info.numel).reshape(info.shape)
 
     def read_flat(self, name: str, start: int, stop: int) -> Any:
-        """Elements [start, stop) of the flattened tensor, as a zero-copy 1-D view."""
+        """Elements [start, stop) of the flattened tensor, as a new 1-D tensor."""
         import torch
         info = self.tensors[name]
         dtype = dtypes.to_torch(info.torch_dtype_name)
         count = stop - start
+        out = torch.empty(max(count, 0), dtype=dtype)
         if count <= 0:
-            return torch.empty(0, dtype=dtype)
+            return out
         offset = self.data_start + info.start + start * dtypes.itemsize(info.dtype)
-        return torch.frombuffer(self._map(), dtype=dtype, count=count, offset=offset)
+        self._read_into(tensor_bytes(out.view(torch.uint8)), offset)
+        return out
+
+    def _read_into(self, view: memoryview, offset: int) -> None:
+        fd = _POOL.acquire(self)
+        try:
+            done = 0
+            while done < len(view):
+                count = os.preadv(fd, [view[done:]], offset + done)
+                if count <= 0:  # the file ended early: it was truncated after it was opened
+                    raise self._changed()
+                done += count
+        except OSError as error:
+            raise ModelFileError(f"{self.label}: cannot read: {error.strerror or error}") from None
+        finally:
+            _POOL.release(self)
 
     def close(self) -> None:
-        with self._lock:
-            # the map is dropped, not closed: tensors read from it hold a reference to it and stay
-            # valid; it is unmapped when the last of them is freed (closing it would unmap memory
-            # those tensors still point to)
-            self._mmap = None
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+        if not self._closed:
+            self._closed = True
+            _POOL.forget(self)
+            if self._status is not None:
+                input_guard.done_reading(self._status[:2])
 
     def __enter__(self) -> SafetensorsFile:
         return self
@@ -146,6 +209,77 @@ class SafetensorsFile:
 
     def __repr__(self) -> str:
         return f"SafetensorsFile({self.label!r}, {len(self.tensors)} tensors)"
+
+
+def _signature(status: os.stat_result) -> tuple[int, int, int, int]:
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+class _DescriptorPool:
+    """The open descriptors of model files: at most a quarter of the open-file limit at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: collections.OrderedDict[SafetensorsFile, None] = collections.OrderedDict()
+
+    @staticmethod
+    def limit() -> int:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return 1024 if soft == resource.RLIM_INFINITY else max(4, soft // 4)
+
+    def acquire(self, file: SafetensorsFile) -> int:
+        """`file`'s descriptor, opened if needed, held until :meth:`release`."""
+        with self._lock:
+            if file._closed:
+                raise ModelFileError(f"{file.label}: file was closed")
+            if file._fd is None:
+                while len(self._open) >= self.limit() and self._evict():
+                    pass
+                file._fd = self._open_evicting(file)
+                self._open[file] = None
+            self._open.move_to_end(file)
+            file._users += 1
+            return file._fd
+
+    def _open_evicting(self, file: SafetensorsFile) -> int:
+        while True:
+            try:
+                return file._open()
+            except OSError as error:  # EMFILE/ENFILE: the only OSError _open lets through
+                if self._evict():
+                    continue
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                raise ModelFileError(f"{file.label}: cannot open: too many open files ({error.strerror}); raise "
+                                     f"the limit of open files (`ulimit -n`, now {soft})") from None
+
+    def release(self, file: SafetensorsFile) -> None:
+        with self._lock:
+            file._users -= 1
+            if file._closed and file._users <= 0 and file._fd is not None:  # closed while this read ran
+                os.close(file._fd)
+                file._fd = None
+
+    def forget(self, file: SafetensorsFile) -> None:
+        """Close `file`'s descriptor for good (reads in progress keep it until they end)."""
+        with self._lock:
+            self._open.pop(file, None)
+            if file._fd is not None and file._users <= 0:
+                os.close(file._fd)
+                file._fd = None
+
+    def _evict(self) -> bool:
+        """Close the least recently used idle descriptor; False when every one is in use."""
+        for file in self._open:
+            if file._users <= 0:
+                del self._open[file]
+                assert file._fd is not None
+                os.close(file._fd)
+                file._fd = None
+                return True
+        return False
+
+
+_POOL = _DescriptorPool()
 
 
 def _read_exact(fd: int, offset: int, size: int) -> bytes:

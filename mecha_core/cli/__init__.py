@@ -1,12 +1,15 @@
 """The ``mecha`` command line: built-in commands plus those plugins add.
 
 A user error prints one line, ``mecha: error: ...``, and exits 1 (``--debug`` adds the traceback);
-a usage error exits 2; Ctrl-C exits 130 and SIGTERM 143, after removing any half-written output.
+a usage error exits 2; Ctrl-C exits 130, SIGTERM 143, SIGHUP 129 and SIGUSR1/SIGUSR2 138/140, after
+removing any half-written output. A signal arriving after the output was renamed into place says so
+and exits 0: the output is complete. Standard error failing (a closed pipe) never stops a command.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -15,17 +18,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
-from ..errors import MechaError, PluginError
+from ..errors import MechaError, PluginError, Signalled, from_signal
+from ..output_file import committed_outputs
 from ..plugins import Plugins, PluginWarning, get_plugins
-from . import info_commands, merge_commands, misc_commands
+from . import info_commands, merge_commands, misc_commands, streams
+
+TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that the same clean-up as Ctrl-C runs."""
+class Terminated(Signalled):
+    """A termination signal, raised in the main thread so that the same clean-up as Ctrl-C runs."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
+def _on_signal(signum: int, frame: Any) -> None:
+    if signum == signal.SIGINT:
+        raise Signalled(signum)
+    raise Terminated(signum)
 
 
 def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
@@ -81,13 +89,21 @@ def _unavailable(reason: str) -> Any:
 
 
 def _plugin_handler(run: Any, label: str, name: str) -> Any:
+    """A plugin command, whose exit status is its return value (None or 0 to 255): an exception, a
+    ``sys.exit()`` or another return value is reported naming the plugin."""
     def handler(args: argparse.Namespace) -> int | None:
         try:
-            return run(args)
-        except (MechaError, KeyboardInterrupt, SystemExit):
+            status = run(args)
+        except MechaError:
             raise
-        except Exception as error:
-            raise MechaError(f"command {name!r} from plugin {label} failed: {type(error).__name__}: {error}") from error
+        except Signalled:
+            raise
+        except BaseException as error:
+            raise PluginError(f"command {name!r} from plugin {label} failed: {type(error).__name__}: {error}") from error
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 255):
+            raise PluginError(f"command {name!r} from plugin {label} returned {status!r}; a command returns None "
+                              f"or an exit status from 0 to 255")
+        return status
     return handler
 
 
@@ -106,37 +122,81 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     warnings.formatwarning = _format_warning  # one line per warning
     warnings.simplefilter("always", PluginWarning)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread (tests calling main() from a thread)
-        previous = None
+    previous_handlers = _install_signal_handlers()
+    previous_stderr, previous_stdout = streams.guard_stderr(), sys.stdout
+    written = len(committed_outputs())
     try:
         parser = build_parser(get_plugins())
         try:
             args = parser.parse_args(argv)
         except SystemExit as exit_:  # usage error (2), or --help/--version (0)
             return exit_.code if isinstance(exit_.code, int) else 0
+        if getattr(args, "output_is_file", False):
+            streams.guard_stdout()
         return int(args.handler(args) or 0)
     except MechaError as error:
         print(f"mecha: error: {one_line(str(error))}", file=sys.stderr)
         if debug:
             traceback.print_exc()
         return 1
-    except Terminated:
-        print("mecha: terminated; no output was written", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("mecha: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
+    except KeyboardInterrupt as error:
+        if not from_signal(error):  # raised by code, not by Ctrl-C
+            print(f"mecha: internal error: KeyboardInterrupt raised without Ctrl-C (this is a bug; --debug shows "
+                  f"the traceback)", file=sys.stderr)
+            if debug:
+                traceback.print_exc()
+            return 3
+        signum = error.signum if isinstance(error, Signalled) else signal.SIGINT
+        what = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(
+            signum, f"terminated by {signal.Signals(signum).name}")
+        done = committed_outputs()[written:]
+        if done:  # the signal came after the rename: the output is there, and complete
+            print(f"mecha: {what} after writing {done[-1]}, which is complete", file=sys.stderr)
+            return 0
+        print(f"mecha: {what}; no output was written", file=sys.stderr)
+        return 128 + signum
+    except BrokenPipeError:  # standard output was the output and its reader went away
+        _discard_stdout()
+        return 141
     except Exception as error:  # a bug: say so in one line
         print(f"mecha: internal error: {type(error).__name__}: {one_line(str(error))} (this is a bug; --debug "
               f"shows the traceback)", file=sys.stderr)
         if debug:
             traceback.print_exc()
         return 3
+    except SystemExit as exit_:  # only a bug lets one through: it must not decide the exit status
+        print(f"mecha: internal error: something called sys.exit({exit_.code!r}) (this is a bug; --debug shows "
+              f"the traceback)", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return 3
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore_signal_handlers(previous_handlers)
+        sys.stderr, sys.stdout = previous_stderr, previous_stdout
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's flush at exit cannot fail too."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Ctrl-C and the terminating signals raise in the main thread, so that clean-up runs; nothing
+    is installed outside the main thread (tests calling main() from a thread)."""
+    previous = {}
+    for signum in (signal.SIGINT, *TERMINATING):
+        try:
+            previous[signum] = signal.signal(signum, _on_signal)
+        except (ValueError, OSError):
+            break
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..architecture import GENERIC, Architecture, generic_architecture
 from ..errors import MechaError, printable
+from ..merge import stored_recipe
 from ..merge_method import MergeMethod
 from ..planning import detect_model
 from ..plugins import Plugins, get_plugins
@@ -158,7 +159,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             "dtypes": dict(sorted(dtypes_count.items())),
             "unknown_keys": unknown,
             "missing_keys": missing,
-            "recipe": file.metadata.get("mecha_recipe"),
+            "recipe": stored_recipe(file.metadata),
             "metadata_keys": sorted(file.metadata),
         }
         if model_type.name != "base":

@@ -42,6 +42,9 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
     merge.add_argument("--memory-budget", type=_megabytes, metavar="MB",
                        help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
     merge.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    merge.add_argument("--store-model-paths", action="store_true",
+                       help="store the models' paths as the recipe gives them in the output's recipe (default: "
+                            "their file names only, so the output does not show your folders)")
     save_types = []
     try:
         for model_type in plugins.model_types.values():
@@ -53,7 +56,7 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                                         f"{model_type.save_option}")
     except PluginError as error:  # conflicting model types: the other commands must keep working
         plugins.report(f"no --as-TYPE options: {error}")
-    merge.set_defaults(handler=run_merge, save_types=save_types)
+    merge.set_defaults(handler=run_merge, save_types=save_types, output_is_file=True)
 
     comp = commands.add_parser("compose", parents=[common], help="fill a recipe template's parameters",
                                description="Fill the parameters of a recipe template with models or recipes "
@@ -62,7 +65,7 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
     comp.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                       help="fill parameter NAME with VALUE: a model file or name, or a .mecha recipe")
     comp.add_argument("-o", "--output", help="write the recipe here instead of standard output")
-    comp.set_defaults(handler=run_compose)
+    comp.set_defaults(handler=run_compose, output_is_file=False)
 
 
 def _megabytes(text: str) -> float:
@@ -79,9 +82,16 @@ def _megabytes(text: str) -> float:
 def _read_recipe(argument: str) -> RecipeNode:
     if argument == "-":
         return deserialize(sys.stdin.read(), source="<stdin>")
-    if not Path(argument).is_file():
+    return deserialize(_recipe_path(argument))
+
+
+def _recipe_path(argument: str) -> Path:
+    path = Path(argument)
+    if path.is_dir():
+        raise MechaError(f"{argument}: is a folder, not a recipe file")
+    if not path.is_file():
         raise MechaError(f"{argument}: no such recipe file")
-    return deserialize(Path(argument))
+    return path
 
 
 def _default_output(recipe: str) -> Path:
@@ -91,7 +101,8 @@ def _default_output(recipe: str) -> Path:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    recipe = _read_recipe(args.recipe)
+    # a recipe file goes to merge() as a path, so that the output may not replace it
+    recipe = _read_recipe("-") if args.recipe == "-" else _recipe_path(args.recipe)
     save_as = None
     save_options: dict[str, Any] = {}
     for name in args.save_types:
@@ -113,7 +124,7 @@ def run_merge(args: argparse.Namespace) -> int:
         fallback_model=ModelNode(args.fallback) if args.fallback else None, drop=args.drop,
         nonfinite=args.nonfinite, save_as=save_as, save_options=save_options,
         memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,
-        progress=progress.update, on_plan=progress.start)
+        progress=progress.update, on_plan=progress.start, store_model_paths=args.store_model_paths)
     progress.close()
     elapsed = time.perf_counter() - started
     for note in report.notes:
@@ -149,20 +160,48 @@ class _Progress:
             self.bar.update(plan.numel * dtypes.itemsize(dtypes.code_of(plan.out_dtype)))
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            bar.close()
 
 
 def run_compose(args: argparse.Namespace) -> int:
     base = _read_recipe(args.base)
+    inputs: list[str] = [] if args.base == "-" else [args.base]
     values: dict[str, Any] = {}
     for name, value in args.parameter:
         if name in values:
             raise MechaError(f"parameter {name!r} is given twice")
-        values[name] = deserialize(Path(value)) if value.endswith(".mecha") else value
-    text = serialize(compose(base, **values))
+        if value.endswith(".mecha"):
+            values[name] = _read_recipe(value)
+        else:
+            values[name] = value
+        inputs.append(value)
+    composed = compose(base, **values)
+    text = serialize(composed)
     if args.output:
-        write_text_atomically(Path(args.output), text)
+        # every file the recipe names counts as an input too (models, LoRAs), as given or under a models folder
+        inputs += [str(node.source) for node in composed.models() if isinstance(node.source, str)]
+        inputs += _models_found(composed)
+        write_text_atomically(Path(args.output), text, inputs=inputs)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _models_found(recipe: RecipeNode) -> list[str]:
+    """The files the recipe's model names resolve to under the configured models folders, where they exist."""
+    from ..config import load_config, models_dirs
+    from ..recipe import resolve_model_path
+    try:
+        folders = models_dirs(None, load_config())
+    except MechaError:  # a broken config is reported by the commands that need it
+        return []
+    found = []
+    for node in recipe.models():
+        if isinstance(node.source, str):
+            try:
+                found.append(str(resolve_model_path(node.source, folders)))
+            except MechaError:
+                continue
+    return found
