@@ -73,6 +73,12 @@ class Architecture:
     when given, builds a random state dict: ``generate(seed=0, dtype=torch.float32, tiny=True)`` where
     ``tiny`` shrinks every dimension for tests and demos. ``detect``, when given, replaces the default
     detection by key names.
+
+    ``specialize``, when given, makes the architecture a *family* whose keys depend on the model (an
+    LLM's layer count and widths): the registered object names the family and its components, and
+    ``specialize(file)`` returns the architecture of one opened model (same name and components,
+    with that model's blocks and keys), or None when the file is not of the family. Detection and
+    merges use the specialized architecture (see :meth:`for_file`).
     """
 
     name: str
@@ -81,6 +87,7 @@ class Architecture:
     summary: str = ""
     generate: Callable[..., dict[str, Any]] | None = None
     detect: Callable[[Architecture, Mapping[str, Any]], ArchitectureMatch] | None = None
+    specialize: Callable[[Any], Architecture | None] | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name, "architecture")
@@ -138,6 +145,18 @@ class Architecture:
             names.extend(f"{prefix}_block_{b}" for b in component.blocks)
             names.extend(f"{prefix}_class_{c}" for c in self.classes[component.name])
         return tuple(names)
+
+    @property
+    def is_family(self) -> bool:
+        """Whether the keys depend on the model (``specialize`` is set)."""
+        return self.specialize is not None
+
+    def for_file(self, file: Any) -> Architecture | None:
+        """The architecture of an opened model (a ``TensorFile``): itself, or for a family its
+        specialization to that model (None when the file is not of the family)."""
+        if self.specialize is None:
+            return self
+        return self.specialize(file)
 
     def match(self, tensors: Mapping[str, Any]) -> ArchitectureMatch:
         """How well the keys of a file fit; ``detect`` overrides the default rule."""

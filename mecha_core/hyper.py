@@ -22,13 +22,20 @@ from .errors import MechaError, RecipeError, suggest, unknown
 Number = int | float
 
 
-def _architecture(arch: str | Architecture) -> Architecture | None:
+def _registered(arch: str | Architecture) -> Architecture | None:
     if isinstance(arch, Architecture):
         return arch
     if arch == GENERIC:
         return None
     from .plugins import get_plugins
     return get_plugins().architectures.get(arch)
+
+
+def _architecture(arch: str | Architecture) -> Architecture | None:
+    """The architecture whose blocks and classes check the names given, or None where they depend on
+    the model (generic, or a family not specialized yet): such names are checked when merging."""
+    found = _registered(arch)
+    return None if found is None or found.is_family else found
 
 
 def _arch_name(arch: str | Architecture) -> str:
@@ -48,7 +55,8 @@ def blocks(arch: str | Architecture, component: str, *values: Number, strict: bo
     prefix = f"{_arch_name(arch)}_{component}_block_"
     if architecture is None:
         if values:
-            raise RecipeError(f"blocks(): the {GENERIC} architecture has no fixed block order; name the blocks")
+            raise RecipeError(f"blocks(): the {_arch_name(arch)} architecture has no fixed block order (it depends "
+                              f"on the model); name the blocks, or pass the model's architecture")
         return {prefix + name: value for name, value in named.items()}
     order = architecture.component(component).blocks
     if values:
@@ -78,7 +86,7 @@ def classes(arch: str | Architecture, component: str, **named: Number) -> dict[s
 def default(arch: str | Architecture, components: str | Iterable[str] | None = None,
             value: Number = 0) -> dict[str, Number]:
     """One value for every key of some components (all components when None)."""
-    architecture = _architecture(arch)
+    architecture = _registered(arch)
     if components is None:
         names = [c.name for c in architecture.components] if architecture else ["model"]
     else:

@@ -198,7 +198,11 @@ def _matches(architectures: Mapping[str, Architecture], file: TensorFile,
     found = []
     for name, arch in architectures.items():
         try:
-            found.append((arch, arch.match(file.tensors)))
+            concrete = arch.for_file(file)
+            if concrete is not None:
+                found.append((concrete, concrete.match(file.tensors)))
+        except MechaError:
+            raise
         except Exception as error:
             _report_broken(plugins, name, f"failed to inspect {file.label}", error)
     return found
@@ -248,7 +252,8 @@ def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None,
             return claimed_type, arch or arch_name, ""
         found_type = plugins.model_types.get(BASE)
     if arch is not None:
-        if arch != GENERIC and file.tensors and architectures[arch].match(file.tensors).present == 0:
+        concrete = architectures[arch].for_file(file) if arch != GENERIC else None
+        if arch != GENERIC and file.tensors and (concrete is None or concrete.match(file.tensors).present == 0):
             raise MechaError(f"{file.label}: none of its keys belong to architecture {arch!r}; check arch={arch!r}")
         return found_type, arch, ""
     picked, note = pick_architecture(_matches(architectures, file, plugins))
@@ -276,7 +281,7 @@ def _settle_architecture(leaves: Sequence[Leaf], plugins: Plugins, notes: list[s
     """
     specific = {leaf.arch_name for leaf in leaves if leaf.arch_name != GENERIC}
     if len(specific) == 1:
-        arch = plugins.architectures.get(next(iter(specific)))
+        arch = _specialized(plugins.architectures.get(next(iter(specific))), leaves)
         for leaf in leaves:
             if leaf.arch_name == GENERIC and leaf.node.arch is None and leaf.type.name == BASE:
                 match = arch.match(leaf.file.tensors)
@@ -296,7 +301,29 @@ def _settle_architecture(leaves: Sequence[Leaf], plugins: Plugins, notes: list[s
     name = names.pop()
     if name == GENERIC:
         return generic_architecture(leaf.file.tensors for leaf in leaves)
-    return plugins.architectures.get(name)
+    return _specialized(plugins.architectures.get(name), leaves)
+
+
+def _specialized(arch: Architecture, leaves: Sequence[Leaf]) -> Architecture:
+    """A family's architecture for this merge: its specialization to the first model of it; the
+    others must have the same blocks (the same layer count, say)."""
+    if not arch.is_family:
+        return arch
+    mine = [leaf for leaf in leaves if leaf.arch_name == arch.name]
+    concrete = [(leaf, arch.for_file(leaf.file)) for leaf in mine]
+    first_leaf, first = concrete[0]
+    for leaf, other in concrete:
+        if other is None:
+            raise MergeError(f"{leaf.label} is not a model of the {arch.name} family")
+        if first is None:
+            raise MergeError(f"{first_leaf.label} is not a model of the {arch.name} family")
+        for component in first.components:
+            if other.component(component.name).blocks != component.blocks:
+                raise MergeError(f"cannot merge {arch.name} models of different sizes: {first_leaf.label} has "
+                                 f"{len(component.blocks)} {component.name} blocks, {leaf.label} has "
+                                 f"{len(other.component(component.name).blocks)}")
+    assert first is not None
+    return first
 
 
 def _bind(recipe: RecipeNode, leaves: Mapping[int, Leaf], plugins: Plugins) -> Op:

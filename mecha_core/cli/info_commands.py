@@ -136,7 +136,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         if arch_name == GENERIC:
             arch = generic_architecture([file.tensors])
         else:
-            arch = plugins.architectures.get(arch_name)
+            arch = plugins.architectures.get(arch_name).for_file(file) or plugins.architectures.get(arch_name)
         if model_type.name == "base":
             canonical = {arch.canonical(name) for name in file.tensors}
             unknown = sorted(name for name in canonical if name not in arch.key_specs)
