@@ -16,6 +16,7 @@ from . import config as config_module
 from . import dtypes
 from .errors import MechaError
 from .output_file import OutputFile
+from .output_folder import DEFAULT_MAX_SHARD_SIZE, OutputFolder, is_folder_output, parse_size
 from .planning import MergeOptions, MergePlan, plan_merge
 from .plugins import get_plugins
 from .recipe import ModelNode, RecipeNode, as_node, transform
@@ -85,7 +86,8 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
           save_dtype: Any = None, fallback_model: Any = None, drop: Iterable[str] = (), nonfinite: str = "warn",
           save_as: str | None = None, save_options: Mapping[str, Any] | None = None,
           memory_budget: int | None = None, cache: dict[Any, Any] | None = None,
-          progress: Progress | None = None, store_model_paths: bool = False) -> Any:
+          progress: Progress | None = None, store_model_paths: bool = False,
+          max_shard_size: int | str | None = None) -> Any:
     """Merge a recipe. Returns a dict of tensors when `output` is None, else writes the file and returns its path.
 
     `recipe` is a recipe node, ``.mecha`` text or the path of a ``.mecha`` file. Model names are looked
@@ -101,18 +103,25 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
     their hyperparameters, so re-merging with another alpha skips the expensive part.
     The recipe stored in the output names each model by its file name; `store_model_paths` keeps the
     paths as the recipe gives them (which may show the folders of this machine).
+
+    `output` is a model folder (Hugging Face layout: shards of at most `max_shard_size`, default
+    5GB, their index, and the config and tokenizer files of the fallback model, else of the first
+    model that has them) when it ends with ``/``, is an existing folder, or `max_shard_size` is
+    given for a name without ``.safetensors``.
     """
     return merge_with_report(recipe, output, models_dir=models_dir, threads=threads, device=device,
                              work_dtype=work_dtype, save_dtype=save_dtype, fallback_model=fallback_model, drop=drop,
                              nonfinite=nonfinite, save_as=save_as, save_options=save_options,
                              memory_budget=memory_budget, cache=cache, progress=progress,
-                             store_model_paths=store_model_paths)[0]
+                             store_model_paths=store_model_paths, max_shard_size=max_shard_size)[0]
 
 
 def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
                       progress: Progress | None = None, on_plan: Callable[[MergePlan], None] | None = None,
-                      store_model_paths: bool = False, **options: Any) -> tuple[Any, MergeReport]:
+                      store_model_paths: bool = False, max_shard_size: int | str | None = None,
+                      **options: Any) -> tuple[Any, MergeReport]:
     """:func:`merge`, also returning a :class:`MergeReport`; `on_plan` sees the plan before any tensor is read."""
+    shard_size = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE)
     node = _recipe(recipe)
     merge_options = make_options(**options)
     plugins = get_plugins()
@@ -133,7 +142,14 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         if plan.encoder is not None:
             metadata.update(plan.encoder.metadata)
         inputs = plan.input_paths() + _recipe_files(recipe)
-        with OutputFile(target, layout, metadata, inputs=inputs) as out:
+        out: OutputFile | OutputFolder
+        if output is not None and is_folder_output(output, max_shard_size):
+            out = OutputFolder(target, layout, metadata, inputs=inputs, max_shard_size=shard_size,
+                               companions_from=_companions_source(plan),
+                               config_updates={"torch_dtype": plan.options.save_dtype})
+        else:
+            out = OutputFile(target, layout, metadata, inputs=inputs)
+        with out:
             _run(plan, _FileSink(out), progress)
             _check_inputs_unchanged(plan)
             out.commit()
@@ -155,6 +171,17 @@ def _check_inputs_unchanged(plan: MergePlan) -> None:
         check = getattr(leaf.file, "check_unchanged", None)
         if check is not None:
             check()
+
+
+def _companions_source(plan: MergePlan) -> Path | None:
+    """The folder whose config and tokenizer files an output folder copies: the fallback model's, else
+    the first model's (in recipe order) that has a config.json beside its weights."""
+    leaves = ([plan.fallback] if plan.fallback else []) + plan.leaves
+    for path in (leaf.path for leaf in leaves if leaf.path is not None):
+        folder = path if path.is_dir() else path.parent
+        if (folder / "config.json").is_file():
+            return folder
+    return None
 
 
 def _recipe_text(node: RecipeNode, store_model_paths: bool) -> str:
@@ -223,7 +250,7 @@ def _layout(plan: MergePlan) -> list[tuple[str, str, tuple[int, ...]]]:
 
 
 class _FileSink(Sink):
-    def __init__(self, out: OutputFile) -> None:
+    def __init__(self, out: OutputFile | OutputFolder) -> None:
         self.out = out
 
     def write(self, name: str, tensor: Any, start_element: int = 0) -> None:

@@ -383,8 +383,10 @@ def compose(recipe: RecipeNode, **values: Any) -> RecipeNode:
 def resolve_model_path(source: str, models_dirs: Sequence[str | os.PathLike[str]]) -> Path:
     """Where a model named in a recipe is: the path itself, or a name under a models folder.
 
-    ``.safetensors`` is appended to a name without a suffix. The error lists every place tried.
+    ``.safetensors`` is appended to a name without a suffix. A model folder (holding a shard index or
+    a ``model.safetensors``) is a model too. The error lists every place tried.
     """
+    from .sharded_files import is_model_folder
     candidates = [Path(source)]
     if not Path(source).suffix:
         candidates.append(Path(source + ".safetensors"))
@@ -396,7 +398,7 @@ def resolve_model_path(source: str, models_dirs: Sequence[str | os.PathLike[str]
             places = [candidate] + [Path(d) / candidate for d in models_dirs]
         for place in places:
             tried.append(str(place))
-            if place.is_file():
+            if place.is_file() or is_model_folder(place):
                 return place
     from .errors import ModelFileError
     where = "; tried " + ", ".join(dict.fromkeys(tried))

@@ -24,8 +24,8 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
     merge = commands.add_parser("merge", parents=[common], help="run a .mecha recipe into a safetensors file",
                                 description="Run a .mecha recipe, key by key, into a safetensors file.")
     merge.add_argument("recipe", help="the .mecha recipe file ('-' reads standard input)")
-    merge.add_argument("-o", "--output", help="output file (default: the recipe's name with .safetensors, "
-                                              "in the current folder)")
+    merge.add_argument("-o", "--output", help="output file, or model folder when it ends with / (default: the "
+                                              "recipe's name with .safetensors, in the current folder)")
     merge.add_argument("--models-dir", action="append", metavar="DIR",
                        help="folder where model names are looked up (repeatable; default: MECHA_MODELS_DIR, "
                             "then models_dirs in the config)")
@@ -41,6 +41,8 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                        help="what a NaN/inf in a result does (default: warn)")
     merge.add_argument("--memory-budget", type=_megabytes, metavar="MB",
                        help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
+    merge.add_argument("--max-shard-size", metavar="SIZE", help="largest shard of a model folder output: 5GB "
+                                                                "(default), 500MB, 2GiB...; implies a folder output")
     merge.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     merge.add_argument("--store-model-paths", action="store_true",
                        help="store the models' paths as the recipe gives them in the output's recipe (default: "
@@ -113,7 +115,7 @@ def run_merge(args: argparse.Namespace) -> int:
             from ..plugins import get_plugins
             save_as = name
             save_options = {get_plugins().model_types.get(name).save_option: value}
-    output = Path(args.output) if args.output else _default_output(args.recipe)
+    output = args.output if args.output else _default_output(args.recipe)
     progress = _Progress(quiet=args.quiet)
     started = time.perf_counter()
     keep_freed_memory()
@@ -124,7 +126,8 @@ def run_merge(args: argparse.Namespace) -> int:
         fallback_model=ModelNode(args.fallback) if args.fallback else None, drop=args.drop,
         nonfinite=args.nonfinite, save_as=save_as, save_options=save_options,
         memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,
-        progress=progress.update, on_plan=progress.start, store_model_paths=args.store_model_paths)
+        progress=progress.update, on_plan=progress.start, store_model_paths=args.store_model_paths,
+        max_shard_size=args.max_shard_size)
     progress.close()
     elapsed = time.perf_counter() - started
     for note in report.notes:
