@@ -122,6 +122,10 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
                       **options: Any) -> tuple[Any, MergeReport]:
     """:func:`merge`, also returning a :class:`MergeReport`; `on_plan` sees the plan before any tensor is read."""
     shard_size = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE)
+    folder = output is not None and is_folder_output(output, max_shard_size)
+    if max_shard_size is not None and not folder:
+        raise MechaError("a maximum shard size applies to a model folder output; give a folder (ending with /) or "
+                         "leave the size out")
     node = _recipe(recipe)
     merge_options = make_options(**options)
     plugins = get_plugins()
@@ -143,9 +147,9 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
             metadata.update(plan.encoder.metadata)
         inputs = plan.input_paths() + _recipe_files(recipe)
         out: OutputFile | OutputFolder
-        if output is not None and is_folder_output(output, max_shard_size):
+        if folder:
             out = OutputFolder(target, layout, metadata, inputs=inputs, max_shard_size=shard_size,
-                               companions_from=_companions_source(plan),
+                               companions_from=_companions_source(plan) if plan.encoder is None else None,
                                config_updates={"torch_dtype": plan.options.save_dtype})
         else:
             out = OutputFile(target, layout, metadata, inputs=inputs)

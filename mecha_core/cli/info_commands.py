@@ -69,6 +69,8 @@ def run_info(args: argparse.Namespace) -> int:
     if args.arch == GENERIC:
         raise MechaError(f"the {GENERIC} architecture is derived from each file; run `mecha inspect FILE -v`")
     arch = plugins.architectures.get(args.arch)
+    if arch.is_family and not args.json:
+        print(f"{arch.name}: its blocks and classes depend on each model; `mecha inspect MODEL -v` shows a model's")
     if args.json:
         print(json.dumps(architecture_json(arch), indent=2))
     else:
@@ -149,7 +151,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         parameters = sum(info.numel for info in file.tensors.values())
         report: dict[str, Any] = {
             "file": str(path),
-            "size_bytes": path.stat().st_size,
+            "size_bytes": getattr(file, "file_size", None) or path.stat().st_size,
             "architecture": arch_name,
             "architecture_note": note,
             "model_type": model_type.name,
@@ -179,6 +181,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             print(f"{label}: {len(keys)}" + ("" if args.verbose or len(keys) <= 5 else " (first 5; -v lists all)"))
             for key in shown:
                 print(f"  - {printable(key)}")
+    if args.verbose and model_type.name == "base" and (arch_name == GENERIC or plugins.architectures.get(arch_name).is_family):
+        print_architecture(arch, verbose=False)  # derived from this file: shown nowhere else
     if report["recipe"]:
         print("recipe:")
         for line in report["recipe"].rstrip("\n").split("\n"):

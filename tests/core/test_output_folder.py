@@ -144,3 +144,10 @@ def test_the_output_folder_cannot_be_an_input(plugins, source):
     with pytest.raises(mc.MechaError, match="refusing to write the output over the input"):
         mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "a") + "/")
     assert snapshot(root / "a") == before
+
+
+def test_a_shard_size_for_a_single_file_output_is_refused(plugins, source):
+    root, _, _ = source
+    with pytest.raises(mc.MechaError, match="a maximum shard size applies to a model folder output"):
+        mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "out.safetensors"), max_shard_size="1GB")
+    assert not (root / "out.safetensors").exists()
