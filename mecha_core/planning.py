@@ -114,7 +114,13 @@ class MergePlan:
             (leaf.source or leaf.file).close()
 
     def input_paths(self) -> list[Path]:
-        return [leaf.path for leaf in self.leaves + ([self.fallback] if self.fallback else []) if leaf.path]
+        """Every file and folder the inputs are read from (a sharded model's folder, index and shards)."""
+        paths = []
+        for leaf in self.leaves + ([self.fallback] if self.fallback else []):
+            if leaf.path:
+                paths.append(leaf.path)
+                paths.extend(getattr(leaf.file, "shard_paths", [getattr(leaf.file, "path", leaf.path)]))
+        return paths
 
 
 def plan_merge(recipe: RecipeNode, options: MergeOptions, plugins: Plugins) -> MergePlan:

@@ -151,3 +151,11 @@ def test_a_shard_size_for_a_single_file_output_is_refused(plugins, source):
     with pytest.raises(mc.MechaError, match="a maximum shard size applies to a model folder output"):
         mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "out.safetensors"), max_shard_size="1GB")
     assert not (root / "out.safetensors").exists()
+
+
+def test_a_single_file_output_cannot_replace_a_shard_of_an_input(plugins, source):
+    root, _, _ = source
+    before = snapshot(root / "a")
+    with pytest.raises(mc.MechaError, match="refusing to write the output over the input"):
+        mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "a" / "model-00002-of-00002.safetensors"))
+    assert snapshot(root / "a") == before
