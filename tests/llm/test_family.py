@@ -38,6 +38,14 @@ def test_blocks_and_classes_follow_layer_indices_and_module_paths(plugins):
             "llm_lm_head_class_norm"} <= set(arch.hyper_keys)
 
 
+def test_expert_indices_are_not_part_of_a_class(plugins):
+    tensors = llama_state_dict(layers=1)
+    tensors["model.layers.0.block_sparse_moe.experts.3.w1.weight"] = torch.zeros(16, 8)
+    tensors["model.layers.0.block_sparse_moe.experts.12.w1.weight"] = torch.zeros(16, 8)
+    arch = specialized(plugins, tensors)
+    assert arch.key_specs["model.layers.0.block_sparse_moe.experts.12.w1.weight"].class_ == "block_sparse_moe_experts_w1"
+
+
 def test_tied_embeddings_have_no_lm_head_key(plugins):
     arch = specialized(plugins, llama_state_dict(tied=True))
     assert "lm_head.weight" not in arch.key_specs

@@ -43,11 +43,13 @@ COMPONENTS = (
 
 
 def module_class(path: str) -> str:
-    """The class of a key from its module path below the layer index: ``self_attn.q_proj.weight`` ->
-    ``self_attn_q_proj``."""
+    """The class of a key from its module path below the layer index, without ``.weight``/``.bias``
+    and container indices: ``self_attn.q_proj.weight`` -> ``self_attn_q_proj``, a mixture of
+    experts' ``block_sparse_moe.experts.3.w1.weight`` -> ``block_sparse_moe_experts_w1``."""
     parts = path.split(".")
     if len(parts) > 1 and parts[-1] in ("weight", "bias"):
         parts = parts[:-1]
+    parts = [part for part in parts if not part.isdigit()] or parts
     return re.sub(r"[^a-z0-9_]", "_", "_".join(parts).lower())
 
 
