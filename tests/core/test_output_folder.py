@@ -116,6 +116,9 @@ def test_a_failed_merge_leaves_an_existing_output_folder_untouched(plugins, sour
         mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "out") + "/", max_shard_size=64,
                  nonfinite="fail")
     assert snapshot(root / "out") == before
+    with pytest.raises(mc.MechaError, match="layers.1.weight"):
+        mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "new") + "/", nonfinite="fail")
+    assert not (root / "new").exists()
     assert not [p for p in root.iterdir() if p.name.endswith(".mecha-tmp")]
 
 

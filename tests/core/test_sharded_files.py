@@ -34,6 +34,17 @@ def test_a_folder_with_one_model_safetensors_opens_that_file(tmp_path):
         assert file.path == tmp_path / "model.safetensors" and set(file.tensors) == set(NAMES)
 
 
+def test_shards_linked_from_elsewhere_are_read_as_the_hugging_face_cache_lays_them_out(tmp_path):
+    model = toy_model(seed=4)
+    write_sharded(tmp_path / "blobs", model, HALVES)
+    snapshot = tmp_path / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for item in (tmp_path / "blobs").iterdir():
+        (snapshot / item.name).symlink_to(item)
+    with mc.open_tensor_file(snapshot) as file:
+        assert torch.equal(file.read("head.weight"), model["head.weight"])
+
+
 def test_a_missing_shard_is_named(tmp_path):
     folder = write_sharded(tmp_path / "toy", toy_model(), HALVES)
     (folder / "model-00002-of-00002.safetensors").unlink()
