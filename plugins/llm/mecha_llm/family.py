@@ -89,21 +89,18 @@ def specialize(file: Any) -> Architecture | None:
     if EMBED not in tensors:
         return None
     layer_paths: dict[int, set[str]] = {}
-    for name in tensors:
+    modules: dict[str, TensorInfo] = {}  # module path -> its tensor in the first layer holding it
+    for name in sorted(tensors):
         found = LAYER.match(name)
         if found:
             layer_paths.setdefault(int(found.group(1)), set()).add(found.group(2))
+            modules.setdefault(found.group(2), tensors[name])
     if not layer_paths:
         return None
     config = read_config(file)
     count = layer_count(config, layer_paths, getattr(file, "label", "<model>"))
-    paths = sorted(set().union(*layer_paths.values()))
-    # the module paths of the layers the file holds, expected in every layer: a layer lacking one
-    # shows as missing keys; a module the file holds in no layer is not expected of any
-    shapes = {path: next(tensors[f"model.layers.{i}.{path}"] for i in sorted(layer_paths)
-                         if path in layer_paths[i]) for path in paths}
     tied = HEAD not in tensors and (config is None or config.get("tie_word_embeddings", True) is not False)
-    specs = list(_keys(tensors, count, shapes, tied))
+    specs = list(_keys(tensors, count, dict(sorted(modules.items())), tied))
     model_type = config.get("model_type") if config else None
     kind = f"{model_type}, " if isinstance(model_type, str) else ""
     return Architecture(
@@ -115,13 +112,16 @@ def specialize(file: Any) -> Architecture | None:
     )
 
 
-def _keys(tensors: Mapping[str, TensorInfo], count: int, shapes: Mapping[str, TensorInfo],
+def _keys(tensors: Mapping[str, TensorInfo], count: int, modules: Mapping[str, TensorInfo],
           tied: bool) -> Iterable[KeySpec]:
+    """Every key of the model. Each module path the file holds in some layer is expected in every
+    layer (a layer lacking one shows as missing keys), with the layer's own shape where it has it."""
     yield _spec(EMBED, tensors[EMBED], "embed", (), "embed_tokens")
     for index in range(count):
-        for path, info in shapes.items():
-            yield _spec(f"model.layers.{index}.{path}", info, "layers", (f"layer{index}",), module_class(path))
-    yield _spec(NORM, tensors.get(NORM, shapes.get("input_layernorm.weight")), "lm_head", (), "norm")
+        for path, first in modules.items():
+            name = f"model.layers.{index}.{path}"
+            yield _spec(name, tensors.get(name, first), "layers", (f"layer{index}",), module_class(path))
+    yield _spec(NORM, tensors.get(NORM, modules.get("input_layernorm.weight")), "lm_head", (), "norm")
     if not tied:
         yield _spec(HEAD, tensors.get(HEAD, tensors[EMBED]), "lm_head", (), "lm_head")
 
