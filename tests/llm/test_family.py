@@ -106,3 +106,12 @@ def test_a_misspelt_block_is_refused_when_merging(plugins):
 def test_models_of_different_layer_counts_are_refused(plugins):
     with pytest.raises(mecha.MergeError, match="different sizes"):
         mecha.merge(mecha.weighted_sum(llama_state_dict(layers=2), llama_state_dict(layers=3)), None)
+
+
+@pytest.mark.parametrize(("text", "problem"), [("{not json", "cannot read the model's config"),
+                                               ('{"num_hidden_layers": "two"}', r"config\.json: num_hidden_layers must be")])
+def test_a_broken_config_json_is_an_error_naming_it(plugins, tmp_path, text, problem):
+    mecha.save_tensors(llama_state_dict(layers=1), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(mecha.MechaError, match=problem):
+        mecha.merge(mecha.weighted_sum(str(tmp_path), str(tmp_path / "model.safetensors")), None)

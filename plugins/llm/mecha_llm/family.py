@@ -98,7 +98,7 @@ def specialize(file: Any) -> Architecture | None:
     if not layer_paths:
         return None
     config = read_config(file)
-    count = layer_count(config, layer_paths, getattr(file, "label", "<model>"))
+    count = layer_count(config, layer_paths, str(Path(getattr(file, "path", "")).parent / CONFIG_FILE))
     tied = HEAD not in tensors and (config is None or config.get("tie_word_embeddings", True) is not False)
     specs = list(_keys(tensors, count, dict(sorted(modules.items())), tied))
     model_type = config.get("model_type") if config else None
