@@ -162,3 +162,19 @@ def test_a_single_file_output_cannot_replace_a_shard_of_an_input(plugins, source
     with pytest.raises(mc.MechaError, match="refusing to write the output over the input"):
         mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "a" / "model-00002-of-00002.safetensors"))
     assert snapshot(root / "a") == before
+
+
+def test_each_shard_is_finished_once_its_last_byte_is_written(plugins, source, monkeypatch):
+    from mecha_core.output_folder import OutputFolder
+    root, _, _ = source
+    open_counts = []
+    shard = OutputFolder._shard
+
+    def counting(self, index):
+        out = shard(self, index)
+        open_counts.append(len(self._open))
+        return out
+
+    monkeypatch.setattr(OutputFolder, "_shard", counting)
+    mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "out") + "/", max_shard_size=16, threads=1)
+    assert len(list((root / "out").glob("model-*.safetensors"))) > 4 and max(open_counts) == 1
