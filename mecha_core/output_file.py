@@ -69,8 +69,10 @@ class OutputFile:
     """A safetensors file being written; use as a context manager, then :meth:`commit`."""
 
     def __init__(self, path: str | os.PathLike[str], entries: Iterable[tuple[str, str, tuple[int, ...]]],
-                 metadata: Mapping[str, str], *, inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
+                 metadata: Mapping[str, str], *, inputs: Iterable[str | os.PathLike[str]] = (),
+                 part: bool = False) -> None:
         self.path = _target(Path(path))
+        self.part = part  # a piece of a larger output (a shard): written only when the whole is
         self.layout = plan_layout(entries)
         self.offsets = {name: (start, dtype_name) for name, dtype_name, _, start, _ in self.layout}
         self.header = encode_header(self.layout, metadata)
@@ -169,7 +171,8 @@ class OutputFile:
             os.replace(self._temp, self.path)
         except OSError as error:
             raise MechaError(f"cannot finish writing {str(self.path)!r}: {error.strerror}") from None
-        _committed.append(self.path)
+        if not self.part:
+            _committed.append(self.path)
         self._temp = None
         _fsync_folder(self.path.parent)
         return self.path
@@ -184,7 +187,7 @@ class OutputFile:
                 os.close(fd)
         finally:  # even if a second Ctrl-C lands here, the temporary file goes
             if temp is not None:
-                _drop_temp(temp, self._temp_id, self.path)
+                _drop_temp(temp, self._temp_id, self.path, self.part)
 
     def _close_direct(self, *, discard: bool) -> None:
         """Finish the direct writes still queued (or drop them, for an abandoned output)."""
@@ -286,7 +289,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _drop_temp(temp: Path, temp_id: FileId | None, target: Path) -> None:
+def _drop_temp(temp: Path, temp_id: FileId | None, target: Path, part: bool = False) -> None:
     """Remove a temporary file, unless it was already renamed over `target` (an interrupt arrived
     between the rename and its bookkeeping): then the output is complete and counts as written."""
     try:
@@ -294,7 +297,7 @@ def _drop_temp(temp: Path, temp_id: FileId | None, target: Path) -> None:
     except OSError:
         landed = False
     if landed:
-        if target not in _committed:
+        if target not in _committed and not part:
             _committed.append(target)
         return
     temp.unlink(missing_ok=True)
@@ -303,6 +306,11 @@ def _drop_temp(temp: Path, temp_id: FileId | None, target: Path) -> None:
 def committed_outputs() -> list[Path]:
     """Every output this process renamed into place, oldest first (the CLI says whether one was)."""
     return list(_committed)
+
+
+def mark_committed(path: Path) -> None:
+    """Count an output renamed into place by another writer (a model folder) as written."""
+    _committed.append(path)
 
 
 def _default_mode() -> int:

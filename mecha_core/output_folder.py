@@ -31,7 +31,7 @@ from typing import Any
 
 from . import dtypes
 from .errors import MechaError
-from .output_file import TEMP_SUFFIX, OutputFile, plan_layout
+from .output_file import TEMP_SUFFIX, OutputFile, mark_committed, plan_layout
 from .sharded_files import INDEX_NAME, SINGLE_NAME, model_file_in
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' default "5GB"
@@ -198,7 +198,7 @@ class OutputFolder:
                 if self._temp is None or self._done[index]:
                     raise MechaError(f"{self.path}: the output was closed")
                 shard = self.plan.shards[index]
-                out = OutputFile(self._temp / shard.file_name, shard.entries, self.metadata).__enter__()
+                out = OutputFile(self._temp / shard.file_name, shard.entries, self.metadata, part=True).__enter__()
                 self._open[index] = out
             return out
 
@@ -218,9 +218,10 @@ class OutputFolder:
             os.chmod(self._temp, 0o777 & ~_umask())
             _fsync(self._temp)
             _replace_folder(self._temp, self.path)
+            self._temp = None
+            mark_committed(self.path)
         except OSError as error:
             raise MechaError(f"cannot finish writing {str(self.path)!r}: {error.strerror or error}") from None
-        self._temp = None
         _fsync(self.path.parent)
         return self.path
 

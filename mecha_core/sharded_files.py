@@ -87,6 +87,11 @@ class ShardedFile:
     def shard_paths(self) -> list[Path]:
         return [shard.path for shard in self._shards.values()]
 
+    def check_unchanged(self) -> None:
+        """Raise when a shard changed since it was opened (see SafetensorsFile.check_unchanged)."""
+        for shard in self._shards.values():
+            shard.check_unchanged()
+
     def read(self, name: str) -> Any:
         return self._owner[name].read(name)
 

@@ -178,3 +178,11 @@ def test_each_shard_is_finished_once_its_last_byte_is_written(plugins, source, m
     monkeypatch.setattr(OutputFolder, "_shard", counting)
     mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "out") + "/", max_shard_size=16, threads=1)
     assert len(list((root / "out").glob("model-*.safetensors"))) > 4 and max(open_counts) == 1
+
+
+def test_the_folder_counts_as_written_and_its_shards_do_not(plugins, source):
+    from mecha_core.output_file import committed_outputs
+    root, _, _ = source
+    before = len(committed_outputs())
+    mc.merge(mc.weighted_sum(str(root / "a"), str(root / "b")), str(root / "out") + "/", max_shard_size=16)
+    assert committed_outputs()[before:] == [root / "out"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -89,3 +91,14 @@ def test_a_recipe_names_a_model_folder_by_path_or_under_the_models_folder(plugin
                    save_dtype="fp32")
     torch.testing.assert_close(out["layers.0.weight"], 0.75 * a["layers.0.weight"] + 0.25 * b["layers.0.weight"])
     assert torch.equal(out["decoder.weight"], a["decoder.weight"])
+
+
+def test_a_shard_replaced_after_opening_is_noticed(tmp_path):
+    model = toy_model(seed=5)
+    folder = write_sharded(tmp_path / "toy", model, HALVES)
+    with mc.open_tensor_file(folder) as file:
+        file.check_unchanged()
+        mc.save_tensors({name: model[name] for name in HALVES[1]}, tmp_path / "new.safetensors")
+        os.replace(tmp_path / "new.safetensors", folder / "model-00002-of-00002.safetensors")
+        with pytest.raises(mc.ModelFileError, match="model-00002-of-00002.safetensors"):
+            file.check_unchanged()
