@@ -17,14 +17,16 @@ instructions. The last instruction is the recipe.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import MechaError, RecipeError, RecipeSyntaxError
+from .merge_method import MergeMethod
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeLine, RecipeNode, walk
 
 FORMAT_VERSION = "1"
@@ -252,13 +254,19 @@ class _Parser:
         return ModelNode(args[0], arch, model_type)
 
     def _parameter(self, args: list[Any], kwargs: dict[str, Any]) -> ParameterNode:
-        if not args or not isinstance(args[0], str) or len(args) > 2:
-            raise _LineError('expected: parameter "name" ["weight"|"delta"]')
+        """``parameter "name" ["space" ["arch"]]``: the third value is the architecture sd-mecha 0.0.x wrote
+        for a parameter; it is read and not kept, since the models that fill the parameter are detected
+        (or given their arch) when they are opened."""
+        if not args or not isinstance(args[0], str) or len(args) > 3:
+            raise _LineError('expected: parameter "name" ["weight"|"delta" ["arch"]]')
         space = kwargs.pop("space", args[1] if len(args) > 1 else "weight")
+        arch = kwargs.pop("arch", args[2] if len(args) > 2 else None)
         if kwargs:
-            raise _LineError(f"unknown option {sorted(kwargs)[0]!r} for parameter; expected space=")
+            raise _LineError(f"unknown option {sorted(kwargs)[0]!r} for parameter; expected space= or arch=")
         if not isinstance(space, str):
             raise _LineError(f'the space of a parameter is "weight" or "delta", not {space!r}')
+        if arch is not None and not isinstance(arch, str):
+            raise _LineError(f'the architecture of a parameter is a "string", not {arch!r}')
         return ParameterNode(args[0], space)
 
     def _merge(self, args: list[Any], kwargs: dict[str, Any]) -> MergeNode:
@@ -274,17 +282,38 @@ class _Parser:
             inputs.append(value)
         device = kwargs.pop("device", None)
         dtype = kwargs.pop("dtype", None)
+        if self.version is None:
+            _drop_undeclared_hypers(method, kwargs, self.source)
         for name, value in (("device", device), ("dtype", dtype)):
             if value is not None and not isinstance(value, str):
                 raise _LineError(f'{name} must be a "string", not {value!r}')
         return MergeNode.build(method, tuple(inputs), kwargs, device=device, dtype=dtype)
 
 
-def deserialize(recipe: str | os.PathLike[str], *, source: str | None = None) -> RecipeNode:
-    """A recipe from ``.mecha`` text, or from the path of a ``.mecha`` file.
+def _drop_undeclared_hypers(method: MergeMethod, kwargs: dict[str, Any], source: str) -> None:
+    """sd-mecha 0.0.x recipes (no version line): a hyperparameter the method does not declare is dropped,
+    with a warning naming it, as 0.0.x did (its methods took ``**kwargs``): its own example
+    ``incompatible_fusion.mecha`` passes ``beta=`` to ``rotate``. Recipes with a version line refuse it."""
+    declared = {spec.name for spec in method.hypers}
+    for name in [name for name in kwargs if name not in declared]:
+        del kwargs[name]
+        logging.getLogger("mecha").warning(
+            "%s: %s has no hyperparameter %r; ignored as sd-mecha 0.0.x did (a recipe with a 'version 1' line "
+            "refuses it)", source, method.name, name)
 
-    A string holding no newline that names an existing file is read as a path.
+
+def deserialize(recipe: str | os.PathLike[str] | Iterable[str], *, source: str | None = None) -> RecipeNode:
+    """A recipe from ``.mecha`` text, the path of a ``.mecha`` file, or its lines (``f.readlines()``).
+
+    A string holding no newline that names an existing file is read as a path. These are the three
+    forms sd-mecha 0.0.x's ``deserialize`` accepted. sd-mecha 1.x recipes (``version 0.1.0``) are
+    translated where their methods map to mecha's (see :mod:`mecha_core.sd_mecha1_recipes`).
     """
+    if not isinstance(recipe, (str, os.PathLike)):
+        lines = list(recipe)
+        if not all(isinstance(line, str) for line in lines):
+            raise RecipeError("expected a recipe as text, a path, or a list of lines (strings)")
+        return _parse("\n".join(line.removesuffix("\n") for line in lines), source or "recipe")
     if isinstance(recipe, os.PathLike) or ("\n" not in recipe and (recipe.endswith(".mecha") or os.path.isfile(recipe))):
         path = Path(recipe)
         try:
@@ -295,8 +324,15 @@ def deserialize(recipe: str | os.PathLike[str], *, source: str | None = None) ->
             raise RecipeError(f"{path}: not a text file (expected a .mecha recipe)") from None
         except OSError as error:
             raise RecipeError(f"{path}: cannot read: {error.strerror}") from None
-        return _Parser(source or str(path)).parse(text)
-    return _Parser(source or "recipe").parse(recipe)
+        return _parse(text, source or str(path))
+    return _parse(recipe, source or "recipe")
+
+
+def _parse(text: str, source: str) -> RecipeNode:
+    from .sd_mecha1_recipes import is_sd_mecha1, parse_sd_mecha1
+    if is_sd_mecha1(text):
+        return parse_sd_mecha1(text, source)
+    return _Parser(source).parse(text)
 
 
 def serialize(recipe: RecipeNode) -> str:

@@ -20,6 +20,7 @@ class MergeSpace(str, enum.Enum):
 
     WEIGHT = "weight"
     DELTA = "delta"
+    BASE = "weight"  # sd-mecha 0.0.x's name of weight space: an alias, ``MergeSpace.BASE is MergeSpace.WEIGHT``
 
     @classmethod
     def parse(cls, text: str) -> MergeSpace:
