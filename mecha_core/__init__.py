@@ -24,7 +24,7 @@ from .cli_command import CliCommand
 from .errors import MechaError, MergeError, ModelFileError, PluginError, RecipeError, RecipeSyntaxError
 from .hookspecs import hookimpl
 from .hyper import blocks, classes, default
-from .merge import MergeReport, RecipeMerger, merge
+from .merge import MergeReport, merge
 from .merge_method import MergeMethod, merge_method
 from .model_type import KeySource, ModelType, OutputEncoder
 from .output_file import OutputFile, save_tensors
@@ -42,7 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "KeySource", "KeySpec", "MechaError",
     "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace", "ModelFileError", "ModelNode",
-    "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins", "RecipeError", "RecipeMerger",
+    "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins", "RecipeError",
     "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorFile", "TensorInfo", "Weight", "blocks",
     "classes", "compose", "default", "deserialize", "dtypes", "get_plugins", "hookimpl", "keyspecs", "load_plugins",
     "merge", "merge_method", "methods", "model", "open_tensor_file", "parameter", "random_models", "save_tensors",
@@ -51,10 +51,29 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``mecha_core.<method>``: the registered merge method of that name."""
+    """``mecha_core.<method>``: the registered merge method of that name; an sd-mecha 0.0.x name that is not
+    a merge method says where it lives now."""
     if name.startswith("__"):
         raise AttributeError(name)
-    return getattr(methods, name)
+    try:
+        return getattr(methods, name)
+    except AttributeError:
+        if name not in SD_MECHA_NAMES:
+            raise
+    raise AttributeError(f"module 'mecha_core' has no attribute {name!r}: sd-mecha's {name} is not a merge "
+                         f"method; it lives in {SD_MECHA_NAMES[name]}")
+
+
+_COMPAT = "mecha_compat (pip install mecha-compat; `import mecha_compat as sd_mecha` runs sd-mecha 0.0.x scripts)"
+_HELPER = "mecha_methods (a recipe helper: `from mecha_methods import {}`) and " + _COMPAT
+# sd-mecha 0.0.25's top-level names that are not merge methods (and not mecha_core names), by where they live now
+SD_MECHA_NAMES: dict[str, str] = {
+    **dict.fromkeys(["set_log_level", "RecipeMerger", "merge_and_save", "serialize_and_save", "deserialize_path",
+                     "lora", "Hyper", "extensions", "recipe_nodes", "merge_methods", "cosine_add_a", "cosine_add_b",
+                     "add_difference_ties_extended", "RecipeNodeOrPath", "path_to_node"], _COMPAT),
+    **{name: _HELPER.format(name) for name in ["add_perpendicular", "add_difference_ties", "ties_with_dare",
+                                               "model_stock_n_models", "copy_region"]},
+}
 
 
 def __dir__() -> list[str]:

@@ -1,4 +1,4 @@
-"""``merge()``: run a recipe into a safetensors file or a dict; ``RecipeMerger`` for sd-mecha users."""
+"""``merge()``: run a recipe into a safetensors file or a dict."""
 
 from __future__ import annotations
 
@@ -263,39 +263,3 @@ class _FileSink(Sink):
 
 def _run(plan: MergePlan, sink: Sink, progress: Progress | None) -> None:
     run_plan(plan, sink, threads=plan.options.threads, progress=progress)
-
-
-class RecipeMerger:
-    """sd-mecha's merger object: defaults kept between merges.
-
-    ``RecipeMerger(models_dir=...).merge_and_save(recipe, output="name")`` writes
-    ``<models_dir>/name.safetensors`` when `output` is a bare name, as sd-mecha did.
-    """
-
-    def __init__(self, *, models_dir: Any = None, default_device: str = "cpu", default_dtype: Any = None,
-                 threads: int | None = None) -> None:
-        self.models_dir = models_dir
-        self.default_device = default_device
-        self.default_dtype = default_dtype
-        self.threads = threads
-
-    def merge_and_save(self, recipe: RecipeNode | str | os.PathLike[str], *, output: Any = "merge",
-                       fallback_model: Any = None, save_dtype: Any = None, threads: int | None = None,
-                       total_buffer_size: int | None = None) -> Any:
-        """Merge `recipe` into `output` (a path, a bare name, or a dict to fill); `total_buffer_size` bounds chunk memory."""
-        options = dict(models_dir=self.models_dir, threads=threads or self.threads, device=self.default_device,
-                       work_dtype=self.default_dtype, save_dtype=save_dtype, fallback_model=fallback_model,
-                       memory_budget=total_buffer_size)
-        if isinstance(output, dict):
-            output.update(merge(recipe, None, **options))
-            return output
-        return merge(recipe, self._output_path(output), **options)
-
-    def _output_path(self, output: str | os.PathLike[str]) -> Path:
-        path = Path(output)
-        if not path.suffix:
-            path = path.with_suffix(".safetensors")
-        if len(path.parts) == 1 and self.models_dir is not None:
-            folder = self.models_dir[0] if isinstance(self.models_dir, (list, tuple)) else self.models_dir
-            path = Path(folder) / path
-        return path

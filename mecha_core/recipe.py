@@ -267,6 +267,8 @@ def normalize_hyper(method: MergeMethod, spec: HyperSpec, value: Any, input_coun
                 raise RecipeError(f"{where}: expected {expected} values (one per model), got {len(value)}")
             return tuple(_scalar_or_dict(spec.kind, v, where) for v in value)
         return (_scalar_or_dict(spec.kind, value, where),) * expected
+    if spec.name == SEED and spec.kind is int and isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        return _drawn_seed(method, value)
     if spec.kind is str:
         if not isinstance(value, str):
             raise RecipeError(f"{where}: expected a string, got {value!r}")
@@ -278,6 +280,20 @@ def normalize_hyper(method: MergeMethod, spec: HyperSpec, value: Any, input_coun
             return bool(value)
         raise RecipeError(f"{where}: expected true or false, got {value!r}")
     return _scalar_or_dict(spec.kind, value, where)
+
+
+SEED = "seed"
+
+
+def _drawn_seed(method: MergeMethod, given: int) -> int:
+    """A negative ``seed`` asks for a random one, as in sd-mecha 0.0.x. The seed drawn replaces it in the
+    recipe, so the recipe stored in the output's metadata reproduces the merge; it is also logged."""
+    import logging
+    import secrets
+    seed = secrets.randbelow(2**31)
+    logging.getLogger("mecha").warning("%s: seed=%d drew seed=%d (kept in the recipe, so the merge can be "
+                                       "reproduced)", method.name, given, seed)
+    return seed
 
 
 def _scalar_or_dict(kind: type, value: Any, where: str) -> HyperValue:

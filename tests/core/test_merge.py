@@ -256,15 +256,6 @@ def test_a_method_that_raises_names_itself_and_the_key(plugins):
         mc.merge(broken(toy_model(1)))
 
 
-def test_recipe_merger_compatibility(plugins, tmp_path):
-    write_model(toy_model(fill=1), tmp_path / "one.safetensors")
-    write_model(toy_model(fill=3), tmp_path / "three.safetensors")
-    merger = mc.RecipeMerger(models_dir=tmp_path)
-    merger.merge_and_save(mc.weighted_sum("one", "three", alpha=0.5), output="basic_merge")
-    with safetensors.safe_open(str(tmp_path / "basic_merge.safetensors"), "pt") as f:
-        assert f.get_tensor("layers.0.weight").unique().tolist() == [2.0]
-
-
 def test_nonfinite_results_warn_or_fail(plugins):
     a = toy_model(fill=1)
     b = toy_model(fill=1)
