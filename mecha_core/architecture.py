@@ -79,6 +79,13 @@ class Architecture:
     ``specialize(file)`` returns the architecture of one opened model (same name and components,
     with that model's blocks and keys), or None when the file is not of the family. Detection and
     merges use the specialized architecture (see :meth:`for_file`).
+
+    ``model_spec`` names the architecture for other tools, in Stability AI's model spec (the
+    ``modelspec.*`` metadata civitai, A1111 and ComfyUI read), without the ``modelspec.`` prefix:
+    ``architecture`` and ``implementation`` (both required for the spec to be written), and any other
+    key of the spec that holds for every model of the architecture (``resolution``, ``prediction_type``).
+    A merged file's metadata then carries them with the title, date and sources of the merge; a save
+    format (a LoRA) derives its own names from them.
     """
 
     name: str
@@ -88,6 +95,7 @@ class Architecture:
     generate: Callable[..., dict[str, Any]] | None = None
     detect: Callable[[Architecture, Mapping[str, Any]], ArchitectureMatch] | None = None
     specialize: Callable[[Any], Architecture | None] | None = None
+    model_spec: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_name(self.name, "architecture")

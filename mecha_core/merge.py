@@ -15,6 +15,7 @@ from typing import Any
 from . import config as config_module
 from . import dtypes
 from .errors import MechaError
+from .model_spec import model_spec_metadata
 from .output_file import OutputFile
 from .output_folder import DEFAULT_MAX_SHARD_SIZE, OutputFolder, is_folder_output, parse_size
 from .planning import MergeOptions, MergePlan, plan_merge
@@ -22,6 +23,7 @@ from .plugins import get_plugins
 from .recipe import ModelNode, RecipeNode, as_node, transform
 from .recipe_format import deserialize, serialize
 from .scheduler import DictSink, Progress, Sink, run_plan
+from .spaces import MergeSpace
 
 NONFINITE_MODES = ("warn", "fail", "skip", "ignore")
 STORED_RECIPE_BYTES = 8 << 20  # the recipe in an output's header, JSON-escaped, at most (the whole header may not pass 100 MB)
@@ -50,7 +52,7 @@ def make_options(*, models_dir: Any = None, threads: int | None = None, device: 
                  work_dtype: Any = None, save_dtype: Any = None, fallback_model: Any = None,
                  drop: Iterable[str] = (), nonfinite: str = "warn", save_as: str | None = None,
                  save_options: Mapping[str, Any] | None = None, memory_budget: int | None = None,
-                 cache: dict[Any, Any] | None = None) -> MergeOptions:
+                 cache: dict[Any, Any] | None = None, strict: bool = True) -> MergeOptions:
     """Merge options from arguments, falling back on MECHA_MODELS_DIR, the config file, then defaults."""
     config = config_module.load_config()
     if nonfinite not in NONFINITE_MODES:
@@ -71,6 +73,7 @@ def make_options(*, models_dir: Any = None, threads: int | None = None, device: 
         save_options=dict(save_options or {}),
         chunk_bytes=memory_budget or MergeOptions.chunk_bytes,
         cache=cache,
+        strict=strict,
     )
 
 
@@ -87,7 +90,7 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
           save_as: str | None = None, save_options: Mapping[str, Any] | None = None,
           memory_budget: int | None = None, cache: dict[Any, Any] | None = None,
           progress: Progress | None = None, store_model_paths: bool = False,
-          max_shard_size: int | str | None = None) -> Any:
+          max_shard_size: int | str | None = None, strict: bool = True) -> Any:
     """Merge a recipe. Returns a dict of tensors when `output` is None, else writes the file and returns its path.
 
     `recipe` is a recipe node, ``.mecha`` text or the path of a ``.mecha`` file. Model names are looked
@@ -96,8 +99,13 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
     (``ema``) or key patterns (``first_stage_model.*``) to leave out. `nonfinite` is what NaN/inf
     values do: ``warn`` (a note naming the key and the inputs holding them), ``fail`` (stop; nothing
     is written), ``skip`` (an input holding them at a key counts as missing that key) or ``ignore``.
-    `save_as` writes another model type (``lora``)
-    with `save_options` (``{"rank": 32}``). `memory_budget` bounds, in bytes, the tensors one worker
+    `save_dtype` is the dtype of the keys the recipe merges; keys copied unchanged (from a model or
+    `fallback_model`: the VAE, say) keep the dtype their file stores. A result in delta space (a
+    ``subtract``, a mix of LoRAs) is refused for a file unless `save_as` names a delta format: a
+    checkpoint of raw differences would read as a model. `save_as` writes another model type (``lora``)
+    with `save_options` (``{"rank": 32}``); the ``title`` save option (default: the output's file name
+    without suffix) goes into the file's model-spec metadata (``modelspec.title``, and a LoRA's
+    ``ss_output_name``). `memory_budget` bounds, in bytes, the tensors one worker
     holds for a chunk of an elementwise merge. `cache` (a dict kept between calls) lets methods that
     ask for it reuse per-key work: calls of one method on the same inputs share an entry, whatever
     their hyperparameters, so re-merging with another alpha skips the expensive part.
@@ -108,12 +116,16 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
     5GB, their index, and the config and tokenizer files of the fallback model, else of the first
     model that has them) when it ends with ``/``, is an existing folder, or `max_shard_size` is
     given for a name without ``.safetensors``.
+
+    A model given an architecture (``arch=``) its keys do not fit is refused; `strict` False merges
+    the keys that fit.
     """
     return merge_with_report(recipe, output, models_dir=models_dir, threads=threads, device=device,
                              work_dtype=work_dtype, save_dtype=save_dtype, fallback_model=fallback_model, drop=drop,
                              nonfinite=nonfinite, save_as=save_as, save_options=save_options,
                              memory_budget=memory_budget, cache=cache, progress=progress,
-                             store_model_paths=store_model_paths, max_shard_size=max_shard_size)[0]
+                             store_model_paths=store_model_paths, max_shard_size=max_shard_size,
+                             strict=strict)[0]
 
 
 def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
@@ -127,10 +139,15 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         raise MechaError("a maximum shard size applies to a model folder output; give a folder (ending with /) or "
                          "leave the size out")
     node = _recipe(recipe)
+    title = _title(options, output)
+    if title is not None:
+        options["save_options"] = {"title": title, **(options.get("save_options") or {})}
     merge_options = make_options(**options)
     plugins = get_plugins()
     plan = plan_merge(node, merge_options, plugins)
     try:
+        if output is not None and plan.root.space != MergeSpace.WEIGHT and plan.encoder is None:
+            raise MechaError(_DELTA_RESULT)
         if on_plan is not None:
             on_plan(plan)
         layout = _layout(plan)
@@ -143,6 +160,8 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
             return sink.tensors, report
         target = Path(output)
         metadata = _stored_recipe(_recipe_text(node, store_model_paths))
+        metadata.update(model_spec_metadata(plan.architecture, merge_options.save_options["title"],
+                                            (Path(leaf.label).stem for leaf in plan.leaves)))
         if plan.encoder is not None:
             metadata.update(plan.encoder.metadata)
         inputs = plan.input_paths() + _recipe_files(recipe)
@@ -160,6 +179,19 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         return target, MergeReport(target, merged, len(plan.keys) - merged, out.total_size, plan.notes)
     finally:
         plan.close()
+
+
+_DELTA_RESULT = ("the recipe's result is in delta space (a difference between models, like a LoRA or a "
+                 "subtract): a checkpoint of raw differences would read as a model. Save it as a LoRA "
+                 "(--as-lora RANK, save_as='lora') or add it to a model (add_difference(model, recipe))")
+
+
+def _title(options: Mapping[str, Any], output: str | os.PathLike[str] | None) -> str | None:
+    """The ``title`` save option: given, else the output file's name without its suffix."""
+    given = (options.get("save_options") or {}).get("title")
+    if given is not None:
+        return str(given)
+    return Path(output).stem if output is not None else None
 
 
 def _recipe_files(recipe: RecipeNode | str | os.PathLike[str]) -> list[Path]:

@@ -94,6 +94,7 @@ class MergeOptions:
     save_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     chunk_bytes: int = 1 << 25
     cache: dict[Any, Any] | None = None
+    strict: bool = True  # a model given an architecture (arch=) that its keys do not fit is an error
 
 
 @dataclasses.dataclass(eq=False)
@@ -172,6 +173,8 @@ def _open_leaf(node: ModelNode, options: MergeOptions, plugins: Plugins,
     try:
         model_type, arch_name, note = detect_model(file, plugins, arch=node.arch, model_type=node.type,
                                                    architectures=architectures)
+        if node.arch is not None and options.strict and model_type.name == BASE:
+            _check_given_architecture(file, node.arch, architectures, plugins)
     except BaseException:
         file.close()
         raise
@@ -264,6 +267,25 @@ def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None,
         return found_type, arch, ""
     picked, note = pick_architecture(_matches(architectures, file, plugins))
     return found_type, picked.name if picked else GENERIC, note
+
+
+def _check_given_architecture(file: TensorFile, arch: str, architectures: Mapping[str, Architecture],
+                              plugins: Plugins) -> None:
+    """Refuse an architecture given for a model (``arch=``) that its keys do not fit: its keys are those of
+    another architecture, or most of them are unknown to the one given. Merged as given, such a file would
+    contribute only the keys the two layouts share and pass the rest through unmerged."""
+    if arch == GENERIC or not file.tensors:
+        return
+    match = architectures[arch].match(file.tensors)
+    detected, _ = pick_architecture(_matches(architectures, file, plugins))
+    if detected is not None and detected.name != arch:
+        why = f"its keys are those of {detected.name}"
+    elif len(match.unknown) > match.present:
+        why = f"{len(match.unknown)} of its {len(match.unknown) + match.present} keys are not keys of {arch}"
+    else:
+        return
+    raise MechaError(f"{file.label}: arch={arch!r} was given, but {why}; correct arch=, or merge only the keys "
+                     f"that fit with strict=False (mecha merge --no-strict)")
 
 
 def _check_spaces(recipe: RecipeNode, leaves: Mapping[int, Leaf]) -> None:

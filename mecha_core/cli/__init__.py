@@ -48,6 +48,8 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
     info_commands.register(commands, common, plugins)
     misc_commands.register(commands, common, plugins)
     _add_plugin_commands(commands, common, plugins)
+    for sub in commands.choices.values():
+        sub.set_defaults(command_parser=sub)  # a bad flag is reported with the subcommand's usage line
     return parser
 
 
@@ -128,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(get_plugins())
         try:
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
+            if extra:
+                getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
         except SystemExit as exit_:  # usage error (2), or --help/--version (0)
             return exit_.code if isinstance(exit_.code, int) else 0
         if getattr(args, "output_is_file", False):

@@ -66,6 +66,7 @@ def run_info(args: argparse.Namespace) -> int:
         for name, model_type in types.items():
             print(f"- {name} ({model_type.space.value} space): {model_type.summary}")
         return 0
+    args.arch = args.arch.lower()  # architecture names are lowercase; sd-mecha 0.0.x matched them in any case
     if args.arch == GENERIC:
         raise MechaError(f"the {GENERIC} architecture is derived from each file; run `mecha inspect FILE -v`")
     arch = plugins.architectures.get(args.arch)

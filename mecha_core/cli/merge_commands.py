@@ -26,13 +26,19 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
     merge.add_argument("recipe", help="the .mecha recipe file ('-' reads standard input)")
     merge.add_argument("-o", "--output", help="output file, or model folder when it ends with / (default: the "
                                               "recipe's name with .safetensors, in the current folder)")
-    merge.add_argument("--models-dir", action="append", metavar="DIR",
+    merge.add_argument("--models-dir", "--models-directory", action="append", metavar="DIR",
                        help="folder where model names are looked up (repeatable; default: MECHA_MODELS_DIR, "
-                            "then models_dirs in the config)")
-    merge.add_argument("--threads", type=int, metavar="N", help="worker threads (default: one per core, at most 8)")
-    merge.add_argument("--device", help="device computing the merge: cpu, cuda, cuda:1 ... (default: cpu)")
-    merge.add_argument("--work-dtype", metavar="DTYPE", help="dtype of the computation: fp32 (default), fp64, bf16, fp16")
-    merge.add_argument("--save-dtype", metavar="DTYPE", help="dtype of merged keys in the output: fp16 (default), fp32, bf16")
+                            "then models_dirs in the config; --models-directory is sd-mecha 0.0.x's spelling)")
+    merge.add_argument("-j", "--threads", type=int, metavar="N",
+                       help="worker threads (default: one per core, at most 8)")
+    merge.add_argument("-d", "--device", help="device computing the merge: cpu, cuda, cuda:1 ... (default: cpu)")
+    merge.add_argument("--work-dtype", "-p", "--dtype", metavar="DTYPE",
+                       help="dtype of the computation: fp32 (default), fp64, bf16, fp16 (-p/--dtype: sd-mecha "
+                            "0.0.x's spelling)")
+    merge.add_argument("-t", "--save-dtype", metavar="DTYPE",
+                       help="dtype of merged keys in the output: fp16 (default), fp32, bf16. Keys the recipe "
+                            "does not merge (copied from a model or --fallback: the VAE, say) keep their "
+                            "file's dtype")
     merge.add_argument("--fallback", metavar="MODEL", help="model that provides the keys the recipe does not merge "
                                                            "(e.g. the VAE)")
     merge.add_argument("--drop", action="append", default=[], metavar="WHAT",
@@ -47,6 +53,9 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
     merge.add_argument("--store-model-paths", action="store_true",
                        help="store the models' paths as the recipe gives them in the output's recipe (default: "
                             "their file names only, so the output does not show your folders)")
+    merge.add_argument("--no-strict", dest="strict", action="store_false",
+                       help="merge a model given an architecture its keys do not fit (arch= in the recipe) "
+                            "with the keys that fit, instead of stopping")
     save_types = []
     try:
         for model_type in plugins.model_types.values():
@@ -66,8 +75,40 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
     comp.add_argument("base", help="the template .mecha recipe")
     comp.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                       help="fill parameter NAME with VALUE: a model file or name, or a .mecha recipe")
+    comp.add_argument("--argument", nargs=2, action=_ZeroZeroArgument, dest="parameter", metavar=("NAME", "VALUE"),
+                      help="sd-mecha 0.0.x's spelling of --parameter; as in 0.0.x, the recipe then goes to "
+                           "merge.mecha unless -o says otherwise")
+    comp.add_argument("--models-dir", "--models-directory", metavar="DIR", action=_ModelsDirOfCompose,
+                      help="accepted for sd-mecha 0.0.x scripts: model names stay names in the composed recipe "
+                           "and are looked up when it is merged (mecha merge --models-dir)")
     comp.add_argument("-o", "--output", help="write the recipe here instead of standard output")
     comp.set_defaults(handler=run_compose, output_is_file=False)
+
+
+class _ZeroZeroArgument(argparse.Action):
+    """``compose --argument NAME VALUE``: sd-mecha 0.0.x's ``-p``. Fills a parameter like ``--parameter``
+    and, as 0.0.x wrote its result to ``merge.mecha``, makes that the output unless ``-o`` is given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        getattr(namespace, self.dest).append(list(values))
+        if namespace.output is None:
+            namespace.output = ZERO_ZERO_COMPOSE_OUTPUT
+            print(f"mecha: note: {option_string} is sd-mecha 0.0.x's spelling of -p/--parameter; the recipe goes "
+                  f"to {ZERO_ZERO_COMPOSE_OUTPUT} as in 0.0.x (-o chooses the file; without either, mecha "
+                  f"compose prints it)", file=sys.stderr)
+
+
+class _ModelsDirOfCompose(argparse.Action):
+    """``compose --models-directory DIR``: nothing to do at compose time; it says where the folder goes."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"mecha: note: model names stay names in the composed recipe; pass --models-dir {values} to "
+              f"`mecha merge` (or set MECHA_MODELS_DIR) to look them up there", file=sys.stderr)
+
+
+ZERO_ZERO_COMPOSE_OUTPUT = "merge.mecha"
 
 
 def _megabytes(text: str) -> float:
@@ -127,7 +168,7 @@ def run_merge(args: argparse.Namespace) -> int:
         nonfinite=args.nonfinite, save_as=save_as, save_options=save_options,
         memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,
         progress=progress.update, on_plan=progress.start, store_model_paths=args.store_model_paths,
-        max_shard_size=args.max_shard_size)
+        max_shard_size=args.max_shard_size, strict=args.strict)
     progress.close()
     elapsed = time.perf_counter() - started
     for note in report.notes:

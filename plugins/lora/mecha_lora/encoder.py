@@ -24,6 +24,26 @@ from .naming import lora_names
 Layout = list[tuple[str, tuple[int, ...], str]]
 
 
+# kohya's ``ss_base_model_version`` (and ``ss_v2``) by the model-spec architecture of the base model
+KOHYA_BASE_MODELS = {"stable-diffusion-v1": ("sd_v1", False), "stable-diffusion-xl-v1-base": ("sdxl_base_v1-0", False)}
+
+
+def lora_file_metadata(architecture: Architecture, title: Any) -> dict[str, str]:
+    """What LoRA loaders read beside ``ss_network_*``: kohya's base-model keys and output name, and the
+    model spec's keys with kohya's adapter spelling of the architecture (``stable-diffusion-v1/lora``)."""
+    metadata: dict[str, str] = {}
+    spec = architecture.model_spec
+    kohya = KOHYA_BASE_MODELS.get(spec.get("architecture", ""))
+    if kohya is not None:
+        metadata["ss_base_model_version"] = kohya[0]
+        metadata["ss_v2"] = str(kohya[1])
+    if title is not None:
+        metadata["ss_output_name"] = str(title)
+    if spec.get("architecture") and spec.get("implementation"):
+        metadata["modelspec.architecture"] = f"{spec['architecture']}/lora"
+    return metadata
+
+
 def rank_option(value: Any) -> int:
     """The ``rank`` save option as a positive int (a string when it comes from ``--as-lora RANK``)."""
     text = str(value).strip() if value is not None else ""
@@ -47,7 +67,8 @@ class LoraEncoder:
         self.names = names.kohya
         self.metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.rank),
                          "ss_network_alpha": str(self.rank),
-                         "ss_network_args": json.dumps({"conv_dim": str(self.rank), "conv_alpha": str(self.rank)})}
+                         "ss_network_args": json.dumps({"conv_dim": str(self.rank), "conv_alpha": str(self.rank)}),
+                         **lora_file_metadata(architecture, options.get("title"))}
 
     def _modules(self, key: str, shape: tuple[int, ...]) -> tuple[tuple[str, ...], int, int] | None:
         """The key's module names, the rows of each and the rank they get; None when no LoRA expresses it."""

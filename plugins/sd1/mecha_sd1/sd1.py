@@ -64,10 +64,14 @@ def keys(tiny: bool = False) -> list[KeySpec]:
             *scheduler_keys(tiny), *ema_keys(unet)]
 
 
+STABILITY_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"  # the model spec's name of the LDM/SGM layout
+
 SD1 = Architecture(
     name="sd1",
     components=COMPONENTS,
     keys=keys,
     summary="Stable Diffusion 1.x single-file checkpoint (LDM layout: CLIP-L, UNet, VAE, optional EMA)",
     generate=generator(keys, pruned=PRUNED_COMPONENTS),
+    model_spec={"architecture": "stable-diffusion-v1", "implementation": STABILITY_IMPLEMENTATION,
+                "resolution": "512x512"},
 )

@@ -57,10 +57,14 @@ def keys(tiny: bool = False) -> list[KeySpec]:
             *nest("first_stage_model", vae_keys(vae))]
 
 
+COMFYUI_IMPLEMENTATION = "https://github.com/comfyanonymous/ComfyUI"  # the model spec's name of the layout of this file
+
 SD3 = Architecture(
     name="sd3",
     components=COMPONENTS,
     keys=keys,
     summary="Stable Diffusion 3 single-file checkpoint (ComfyUI layout: CLIP-L, CLIP-G, T5-XXL, MMDiT, VAE)",
     generate=generator(keys, pruned=PRUNED_COMPONENTS),
+    model_spec={"architecture": "stable-diffusion-3-medium", "implementation": COMFYUI_IMPLEMENTATION,
+                "resolution": "1024x1024"},
 )

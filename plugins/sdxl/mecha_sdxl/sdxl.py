@@ -70,10 +70,14 @@ def keys(tiny: bool = False) -> list[KeySpec]:
             *scheduler_keys(tiny), *prediction_markers()]
 
 
+STABILITY_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"  # the model spec's name of the LDM/SGM layout
+
 SDXL = Architecture(
     name="sdxl",
     components=COMPONENTS,
     keys=keys,
     summary="Stable Diffusion XL single-file checkpoint (SGM layout: CLIP-L, OpenCLIP bigG, UNet, VAE)",
     generate=generator(keys, pruned=PRUNED_COMPONENTS),
+    model_spec={"architecture": "stable-diffusion-xl-v1-base", "implementation": STABILITY_IMPLEMENTATION,
+                "resolution": "1024x1024"},
 )
