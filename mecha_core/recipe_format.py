@@ -17,6 +17,7 @@ instructions. The last instruction is the recipe.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MechaError, RecipeError, RecipeSyntaxError
-from .merge_method import MergeMethod
+from .merge_method import NODE_OPTIONS, MergeMethod
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeLine, RecipeNode, walk
 
 FORMAT_VERSION = "1"
@@ -291,11 +292,15 @@ class _Parser:
 
 
 def _drop_undeclared_hypers(method: MergeMethod, kwargs: dict[str, Any], source: str) -> None:
-    """sd-mecha 0.0.x recipes (no version line): a hyperparameter the method does not declare is dropped,
-    with a warning naming it, as 0.0.x did (its methods took ``**kwargs``): its own example
-    ``incompatible_fusion.mecha`` passes ``beta=`` to ``rotate``. Recipes with a version line refuse it."""
-    declared = {spec.name for spec in method.hypers}
-    for name in [name for name in kwargs if name not in declared]:
+    """sd-mecha 0.0.x recipes (no version line): a hyperparameter the method does not declare, and that is
+    no near-miss of one it does, is dropped with a warning naming it, as 0.0.x did (its methods took
+    ``**kwargs``): its own example ``incompatible_fusion.mecha`` passes ``beta=`` to ``rotate``. A near-miss
+    (``alpah=``) is left for the method to refuse with its suggestion; recipes with a version line refuse
+    every undeclared name."""
+    declared = [spec.name for spec in method.hypers]
+    foreign = [name for name in kwargs if name not in declared and name not in NODE_OPTIONS
+               and not difflib.get_close_matches(name, declared, n=1, cutoff=0.6)]
+    for name in foreign:
         del kwargs[name]
         logging.getLogger("mecha").warning(
             "%s: %s has no hyperparameter %r; ignored as sd-mecha 0.0.x did (a recipe with a 'version 1' line "
