@@ -33,7 +33,7 @@ def models_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 0.0.x-style models folder, made once: ``Stable-diffusion/{ghost,dream,pure}.safetensors`` (tiny
     SD1) and ``Lora/detail.safetensors`` (a tiny kohya LoRA for them). Tests that write outputs copy it."""
     from mecha_lora.generation import write_random_lora
-    from mecha_sd1 import SD1
+    from mecha_sd1.sd1 import SD1
     root = tmp_path_factory.mktemp("compat") / "models"
     (root / "Stable-diffusion").mkdir(parents=True)
     (root / "Lora").mkdir()
