@@ -20,7 +20,7 @@ from .output_file import OutputFile
 from .output_folder import DEFAULT_MAX_SHARD_SIZE, OutputFolder, is_folder_output, parse_size
 from .planning import MergeOptions, MergePlan, plan_merge
 from .plugins import get_plugins
-from .recipe import ModelNode, RecipeNode, as_node, transform
+from .recipe import ModelNode, RecipeNode, as_node, draw_random_seeds, transform
 from .recipe_format import deserialize, serialize
 from .scheduler import DictSink, Progress, Sink, run_plan
 from .spaces import MergeSpace
@@ -138,7 +138,7 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
     if max_shard_size is not None and not folder:
         raise MechaError("a maximum shard size applies to a model folder output; give a folder (ending with /) or "
                          "leave the size out")
-    node = _recipe(recipe)
+    node = draw_random_seeds(_recipe(recipe))
     title = _title(options, output)
     if title is not None:
         options["save_options"] = {"title": title, **(options.get("save_options") or {})}

@@ -267,8 +267,6 @@ def normalize_hyper(method: MergeMethod, spec: HyperSpec, value: Any, input_coun
                 raise RecipeError(f"{where}: expected {expected} values (one per model), got {len(value)}")
             return tuple(_scalar_or_dict(spec.kind, v, where) for v in value)
         return (_scalar_or_dict(spec.kind, value, where),) * expected
-    if spec.name == SEED and spec.kind is int and isinstance(value, int) and not isinstance(value, bool) and value < 0:
-        return _drawn_seed(method, value)
     if spec.kind is str:
         if not isinstance(value, str):
             raise RecipeError(f"{where}: expected a string, got {value!r}")
@@ -285,14 +283,35 @@ def normalize_hyper(method: MergeMethod, spec: HyperSpec, value: Any, input_coun
 SEED = "seed"
 
 
+def draw_random_seeds(root: RecipeNode) -> RecipeNode:
+    """The recipe with each negative ``seed`` replaced by a drawn one: a negative seed asks for a random
+    one, as in sd-mecha 0.0.x. A merge draws them before it starts and logs them; the recipe it stores in
+    the output's metadata holds the seeds drawn, so the merge can be reproduced from it. The recipe
+    itself keeps its negative seed (composing or saving it keeps it random)."""
+    built: dict[int, RecipeNode] = {}
+    for node in walk(root):
+        if not isinstance(node, MergeNode):
+            built[id(node)] = node
+            continue
+        inputs = tuple(built[id(i)] for i in node.inputs)
+        seed = node.hypers.get(SEED)
+        if isinstance(seed, int) and not isinstance(seed, bool) and seed < 0:
+            hypers = {k: v for k, v in node.hypers.items() if v is not None}
+            hypers[SEED] = _drawn_seed(node.method, seed)
+            drawn = MergeNode.build(node.method, inputs, hypers, device=node.device, dtype=node.dtype)
+            drawn.origin = node.origin
+            built[id(node)] = drawn
+        else:
+            built[id(node)] = node if all(a is b for a, b in zip(inputs, node.inputs)) else node.replace_inputs(inputs)
+    return built[id(root)]
+
+
 def _drawn_seed(method: MergeMethod, given: int) -> int:
-    """A negative ``seed`` asks for a random one, as in sd-mecha 0.0.x. The seed drawn replaces it in the
-    recipe, so the recipe stored in the output's metadata reproduces the merge; it is also logged."""
     import logging
     import secrets
     seed = secrets.randbelow(2**31)
-    logging.getLogger("mecha").warning("%s: seed=%d drew seed=%d (kept in the recipe, so the merge can be "
-                                       "reproduced)", method.name, given, seed)
+    logging.getLogger("mecha").warning("%s: seed=%d drew seed=%d (stored in the output's recipe, so the merge "
+                                       "can be reproduced)", method.name, given, seed)
     return seed
 
 

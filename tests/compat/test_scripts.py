@@ -171,12 +171,13 @@ def test_rotate_cache_is_filled_and_reused(models):
     assert_same_tensors(again, first, 0)
 
 
-def test_dropout_seed_is_random_unless_given_and_the_seed_drawn_is_kept(models, caplog):
+def test_dropout_seed_is_random_unless_given(models, caplog):
     seeded = [merged(mecha_compat, models, lambda sd: sd.dropout("ghost", "dream", "pure", probability=0.5, seed=7))
               for _ in range(2)]
     assert_same_tensors(seeded[0], seeded[1], 0)
+    recipe = mecha_compat.dropout("ghost", "dream", probability=0.5, alpha=0.5)
+    assert recipe.inputs[1].hypers["seed"] == -1 and "seed=-1" in mecha_compat.serialize(recipe)
     with caplog.at_level("WARNING", logger="mecha"):
-        recipe = mecha_compat.dropout("ghost", "dream", probability=0.5, alpha=0.5)
-    drawn = recipe.inputs[1].hypers["seed"]
-    assert drawn >= 0 and f"drew seed={drawn}" in caplog.text
-    assert f"seed={drawn}" in mecha_compat.serialize(recipe)
+        draws = [merged(mecha_compat, models, lambda sd: recipe) for _ in range(2)]
+    assert caplog.text.count("dropout: seed=-1 drew seed=") == 2
+    assert any(not torch.equal(draws[0][k], draws[1][k]) for k in draws[0] if k.startswith("model.diffusion_model"))

@@ -7,8 +7,8 @@ the others keep what 0.0.25 meant:
 - ``tensor_sum`` as a helper is ``copy_region`` (width 1.0 by default), not the ``tensor_sum`` method;
 - ``cosine_add_a``/``cosine_add_b`` are the ``add_cosine_a``/``add_cosine_b`` methods, ``alpha`` required;
 - ``dropout(a, *models, alpha=)`` is ``a + alpha dropout(models - a)``; ``seed`` None or negative draws
-  a random seed, which the recipe then keeps (0.0.25 failed on None); ``overlap_emphasis`` reaches the
-  method (0.0.25 passed it under another name, so it was always 0);
+  a random seed at each merge, stored in the output's recipe (0.0.25 failed on None);
+  ``overlap_emphasis`` reaches the method (0.0.25 passed it under another name, so it was always 0);
 - ``rotate(..., cache=)`` takes the dict 0.0.25 filled with decompositions; mecha fills it the same way
   when the recipe is merged through :class:`~mecha_compat.RecipeMerger`;
 - ``copy_region`` and ``rotate`` run where the merge runs (0.0.25 defaulted them to ``device="cuda"``).
