@@ -163,7 +163,8 @@ class _Parser:
             raise _LineError("'version' may only be the first instruction")
         if version != FORMAT_VERSION:
             raise _LineError(f"recipe format version {_shorten(version)} is not supported; expected version "
-                             f"{FORMAT_VERSION} or sd-mecha 0.0.x recipes (which have no version line)")
+                             f"{FORMAT_VERSION}, sd-mecha 1.x's version 0.1.0, or sd-mecha 0.0.x recipes (which have "
+                             f"no version line)")
         self.version = version
 
     def _instruction(self, tokens: list[_Token], number: int) -> None:

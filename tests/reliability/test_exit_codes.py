@@ -47,7 +47,7 @@ def test_a_user_error_is_1_with_one_line(folder, capsys, args, message):
     ([], "the following arguments are required: COMMAND"),
     (["mrege"], "argument COMMAND: invalid choice: 'mrege'"),
     (["merge"], "the following arguments are required: recipe"),
-    (["merge", "r.mecha", "--threads", "many"], "argument --threads: invalid int value: 'many'"),
+    (["merge", "r.mecha", "--threads", "many"], "argument -j/--threads: invalid int value: 'many'"),
     (["merge", "r.mecha", "--memory-budget", "nan"], "argument --memory-budget: expected a positive number of "
                                                      "megabytes, got 'nan'"),
     (["merge", "r.mecha", "--memory-budget", "-3"], "argument --memory-budget: expected a positive number of "

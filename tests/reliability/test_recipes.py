@@ -86,9 +86,9 @@ CASES: dict[str, tuple[str, str]] = {
                                   "{'x': 1} (in: merge \"weighted_sum\" &0 &2)"),
     "a dict last": (HEAD + 'dict x=1\n', "line 3: the last instruction must be a model, a parameter or a merge, not "
                                          "a dict (in: dict x=1)"),
-    "a newer format version": ('version 0.1.0\n' + HEAD,
-                               "line 1: recipe format version 0.1.0 is not supported; expected version 1 or sd-mecha "
-                               "0.0.x recipes (which have no version line) (in: version 0.1.0)"),
+    "a newer format version": ('version 2\n' + HEAD,
+                               "line 1: recipe format version 2 is not supported; expected version 1, sd-mecha 1.x's "
+                               "version 0.1.0, or sd-mecha 0.0.x recipes (which have no version line) (in: version 2)"),
     "version not first": (HEAD + 'version 1\n', "line 3: 'version' may only be the first instruction (in: version 1)"),
     "garbage text": ("{{{ hello }}}\n", "line 1: unexpected text '{{{'; an instruction starts with a command "
                                          "(model, parameter, merge, dict) (in: {{{ hello }}})"),
