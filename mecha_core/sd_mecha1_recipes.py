@@ -107,8 +107,8 @@ class _Parser(recipe_format._Parser):
                 raise ValueError("sd-mecha 1.x 'literal' instructions (values tied to a model config, such as "
                                  "block-wise weights) have no mecha counterpart; write them with mecha's blocks()")
             else:
-                raise ValueError(f"expected an sd-mecha 1.x instruction: model \"path\" model_config=... "
-                                 f"merge_space=..., merge \"method\" &N ..., or dict name=value ...")
+                raise ValueError("expected an sd-mecha 1.x instruction: model \"path\" model_config=... "
+                                 "merge_space=..., merge \"method\" &N ..., or dict name=value ...")
         except ValueError as error:
             text = str(error)
             prefix = "" if text.startswith("sd-mecha 1.x") else "sd-mecha 1.x recipe: "
