@@ -55,11 +55,11 @@ def plot_shares(explanation: Explanation, path: str | os.PathLike[str], size: tu
     axes = figure.subplots(len(series), 1, squeeze=False)[:, 0]
     for ax, (component, (blocks, values)) in zip(axes, series.items()):
         positions = list(range(len(blocks)))
+        ax.set_title(f"{explanation.architecture} {component}: each model's share per block")
         for term, shares in values.items():
             color = f"C{explanation.terms.index(term) % 10}"  # a model keeps its colour in every panel
             label = f"{term}  {files[term]}" if term in files else term
             ax.plot(positions, shares, marker="o", markersize=3, color=color, label=label)
-        ax.set_title(f"{explanation.architecture} {component}: each model's share per block")
         ax.set_xticks(positions, blocks, rotation=90 if len(blocks) > 12 else 0, fontsize=8)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_ylabel("coefficient")
