@@ -63,14 +63,16 @@ class ValueSpan:
 
 
 @dataclasses.dataclass(frozen=True)
-class RecipeTree:
-    """A node of the recipe: a model (``model`` is its label) or a merge with its hyperparameters
-    as they resolve (a number, or spans by component, block and class)."""
+class RecipeStep:
+    """A node of the recipe: a model (``model`` is its label) or a merge of earlier steps (`inputs`
+    are their positions in :attr:`Explanation.recipe`) with its hyperparameters as they resolve (a
+    number, or spans by component, block and class). Steps are flat, like the lines of a ``.mecha``
+    file, so a recipe hundreds of merges deep converts to JSON without recursion."""
 
     model: str | None = None
     method: str | None = None
     hypers: dict[str, Any] = dataclasses.field(default_factory=dict)
-    children: tuple[RecipeTree, ...] = ()
+    inputs: tuple[int, ...] = ()
     linear: bool = True
 
 
@@ -131,7 +133,7 @@ class Explanation:
     architecture: str
     components: dict[str, list[str]]  # the merged components and their blocks, in network order
     models: list[ModelSummary]
-    recipe: RecipeTree
+    recipe: list[RecipeStep]  # each node once, inputs first: the last is the recipe's result
     plan: PlanSummary
     terms: list[str]  # the model labels, then the nonlinear nodes where shares stop
     stops: list[str]  # the nonlinear nodes where shares stop, named by their call
@@ -195,7 +197,7 @@ class _Explainer:
             architecture=self.architecture.name,
             components={name: [b for b in blocks if b] for name, blocks, _ in self._components()},
             models=self._models(),
-            recipe=self._tree(),
+            recipe=self._steps(),
             plan=self._plan_summary(),
             terms=terms,
             stops=stops,
@@ -239,18 +241,24 @@ class _Explainer:
                 fallback=is_fallback, note=leaf.note))
         return summaries
 
-    def _tree(self) -> RecipeTree:
-        built: dict[int, RecipeTree] = {}
+    def _steps(self) -> list[RecipeStep]:
+        position: dict[int, int] = {}
+        model_steps: dict[str, int] = {}  # a model named twice in the recipe is one step
+        steps: list[RecipeStep] = []
         for op in self.ops:
             if op.leaf is not None:
-                built[id(op)] = RecipeTree(model=self.leaf_label[id(op)])
+                label = self.leaf_label[id(op)]
+                if label not in model_steps:
+                    model_steps[label] = len(steps)
+                    steps.append(RecipeStep(model=label))
+                position[id(op)] = model_steps[label]
                 continue
+            position[id(op)] = len(steps)
             assert op.method is not None
             hypers = {name: self._hyper_view(value) for name, value in op.hypers.items() if value is not None}
-            built[id(op)] = RecipeTree(method=op.method.name, hypers=hypers,
-                                       children=tuple(built[id(i)] for i in op.inputs),
-                                       linear=op.method.coefficients is not None)
-        return built[id(self.plan.root)]
+            steps.append(RecipeStep(method=op.method.name, hypers=hypers, inputs=tuple(position[id(i)] for i in op.inputs),
+                                    linear=op.method.coefficients is not None))
+        return steps
 
     def _hyper_view(self, value: Any) -> Any:
         """A number as it is; a block/class dict as the values it takes, block by block."""

@@ -64,7 +64,7 @@ def plot_shares(explanation: Explanation, path: str | os.PathLike[str], size: tu
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_ylabel("coefficient")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the lines, never over them
     from io import BytesIO
     buffer = BytesIO()
     figure.savefig(buffer, format=target.suffix.lower()[1:], dpi=DPI)

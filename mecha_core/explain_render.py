@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .explain import Explanation, RecipeTree, ValueSpan, format_bytes
+from .explain import Explanation, RecipeStep, ValueSpan, format_bytes
 
 
 def render_text(explanation: Explanation) -> str:
@@ -14,7 +14,7 @@ def render_text(explanation: Explanation) -> str:
     e = explanation
     lines = [f"recipe ({e.architecture})"]
     files = {m.label: m.file for m in e.models}
-    _tree_lines(e.recipe, files, e.components, "  ", lines)
+    _tree_lines(e.recipe, files, e.components, lines)
     lines += ["", "models"]
     width = max(len(m.label) for m in e.models)
     for m in e.models:
@@ -39,11 +39,9 @@ def render_text(explanation: Explanation) -> str:
                  f"{p.bytes_per_element} B an element, plus {format_bytes(p.writer_buffers)} of output buffers")
     lines += ["", "shares (each term's coefficient in the result)"]
     for component, blocks in e.components.items():
-        rows = [s for s in e.shares if s.component == component]
+        rows = _share_rows(e, component, blocks)
         pad = " " * len(component)
-        for index, share in enumerate(rows):
-            where = _where(share.blocks, blocks, share.class_)
-            lines.append(f"  {component if index == 0 else pad} {where}: {linear_form(share.coefficients)}")
+        lines.extend(f"  {component if index == 0 else pad} {row}" for index, row in enumerate(rows))
     for stop in e.stops:
         lines.append(f"  the share stops at {stop}: not a linear method, its result is one term")
     if e.key_shares:
@@ -55,6 +53,21 @@ def render_text(explanation: Explanation) -> str:
     lines += ["", "warnings"]
     lines += [f"  {warning}" for warning in e.warnings]
     return "\n".join(lines) + "\n"
+
+
+def _share_rows(e: Explanation, component: str, blocks: Sequence[str]) -> list[str]:
+    """The component's rows: its blocks, then the class overrides, classes sharing the same
+    blocks and coefficients on one row."""
+    rows = [f"{_where(s.blocks, blocks, None)}: {linear_form(s.coefficients)}"
+            for s in e.shares if s.component == component and s.class_ is None]
+    classes: dict[tuple[Any, ...], list[str]] = {}
+    for share in e.shares:
+        if share.component == component and share.class_ is not None:
+            classes.setdefault((share.blocks, tuple(share.coefficients.items())), []).append(share.class_)
+    for (run, coefficients), names in classes.items():
+        where = block_ranges(run, blocks) if run else "keys in no block"
+        rows.append(f"class {', '.join(names)} at {where}: {linear_form(dict(coefficients))}")
+    return rows
 
 
 def render_json(explanation: Explanation) -> str:
@@ -93,9 +106,10 @@ def _where(blocks: Sequence[str], order: Sequence[str], class_: str | None) -> s
     return f"class {class_} at {place}" if class_ else place
 
 
-def _tree_lines(node: RecipeTree, files: Mapping[str, str], components: Mapping[str, list[str]], indent: str,
+def _tree_lines(steps: Sequence[RecipeStep], files: Mapping[str, str], components: Mapping[str, list[str]],
                 lines: list[str]) -> None:
-    stack: list[tuple[RecipeTree, str]] = [(node, indent)]
+    """The steps as an indented tree from the result down (a step used twice is shown twice)."""
+    stack: list[tuple[RecipeStep, str]] = [(steps[-1], "  ")]
     while stack:
         current, pad = stack.pop()
         if current.model is not None:
@@ -107,7 +121,7 @@ def _tree_lines(node: RecipeTree, files: Mapping[str, str], components: Mapping[
         for name, value in current.hypers.items():
             if _by_block(value):
                 lines.extend(f"{pad}    {row}" for row in _hyper_rows(name, value, components))
-        stack.extend((child, pad + "  ") for child in reversed(current.children))
+        stack.extend((steps[i], pad + "  ") for i in reversed(current.inputs))
 
 
 def _by_block(value: Any) -> bool:
@@ -145,17 +159,13 @@ def _value(value: Any) -> str:
 
 
 def render_dot(explanation: Explanation) -> str:
-    """The recipe tree in Graphviz DOT: merges as boxes, models as ellipses, inputs pointing at
-    the merge that takes them."""
+    """The recipe in Graphviz DOT: merges as boxes (dashed where the shares stop), models as
+    ellipses, inputs pointing at the merge that takes them."""
     e = explanation
     files = {m.label: m.file for m in e.models}
     lines = ["digraph recipe {", "  rankdir=BT;", '  node [fontname="Helvetica"];']
-    counter = 0
-    stack: list[tuple[RecipeTree, str | None]] = [(e.recipe, None)]
-    while stack:
-        node, parent = stack.pop()
-        name = f"n{counter}"
-        counter += 1
+    for index, node in enumerate(e.recipe):
+        name = f"n{index}"
         if node.model is not None:
             label = f"{node.model}\\n{_dot_escape(files.get(node.model, ''))}"
             lines.append(f'  {name} [shape=ellipse, label="{label}"];')
@@ -165,9 +175,7 @@ def render_dot(explanation: Explanation) -> str:
             style = "" if node.linear else ', style=dashed'
             label = _dot_escape(node.method or "") + (f"\\n{hypers}" if hypers else "")
             lines.append(f'  {name} [shape=box, label="{label}"{style}];')
-        if parent is not None:
-            lines.append(f"  {name} -> {parent};")
-        stack.extend((child, name) for child in reversed(node.children))
+        lines.extend(f"  n{i} -> {name};" for i in node.inputs)
     lines.append("}")
     return "\n".join(lines) + "\n"
 

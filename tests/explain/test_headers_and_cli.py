@@ -104,7 +104,7 @@ def test_graph_is_dot(plugins, mecha_cli, tmp_path, no_tensor_reads):
     assert result.status == 0, result.err
     dot = (tmp_path / "recipe.dot").read_text()
     assert dot.startswith("digraph recipe {") and dot.rstrip().endswith("}")
-    assert dot.count("shape=ellipse") == 4 and dot.count("shape=box") == 2
+    assert dot.count("shape=ellipse") == 3 and dot.count("shape=box") == 2  # A once, with two edges
     assert 'label="ties_merge' in dot and "style=dashed" in dot  # the nonlinear node stands out
     assert dot.count(" -> ") == 5
 
@@ -116,3 +116,25 @@ def test_plot_without_matplotlib_names_the_extra(plugins, mecha_cli, tmp_path, m
     result = mecha_cli("explain", recipe, "--plot", tmp_path / "shares.png")
     assert result.status == 1
     assert "mecha-core[plot]" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_a_recipe_hundreds_of_merges_deep(plugins, tmp_path):
+    import json
+
+    import torch
+
+    from mecha_core.explain_render import render_dot, render_json, render_text
+    paths = []
+    for index in range(2):
+        tensors = {f"layers.{i}.weight": torch.full((2, 2), float(index)) for i in range(2)}
+        paths.append(mc.save_tensors(tensors, tmp_path / f"m{index}.safetensors"))
+    recipe = mc.model(paths[0])
+    for _ in range(400):
+        recipe = mc.weighted_sum(recipe, paths[1], alpha=0.01)
+    explanation = mc.explain(recipe)
+    for share in explanation.shares:
+        assert share.coefficients == pytest.approx({"A": 0.99 ** 400, "B": 1 - 0.99 ** 400})
+    assert len(explanation.recipe) == 402  # A, B, and each merge once
+    assert json.loads(render_json(explanation))["recipe"][-1]["method"] == "weighted_sum"
+    assert render_text(explanation).count("weighted_sum(alpha=0.01)") == 400
+    assert render_dot(explanation).count("-> ") == 800

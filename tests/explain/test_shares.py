@@ -157,7 +157,9 @@ def test_a_nonlinear_node_stops_the_share_and_is_named(sd1_files):
         for shares in per_block(explanation, component).values():
             # 0.6 A + 0.4 ties + 0.5 B - 0.5 A
             close(shares, {"A": 0.1, "B": 0.5, "ties_merge(A, B, C)": 0.4})
-    assert explanation.recipe.children[0].children[1].linear is False
+    steps = explanation.recipe
+    assert [s.method for s in steps if not s.linear] == ["ties_merge"]
+    assert steps[-1].method == "add_difference" and steps[steps[-1].inputs[0]].method == "weighted_sum"
 
 
 def test_a_model_named_twice_is_one_model(sd1_files):
