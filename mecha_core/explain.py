@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .architecture import KeySpec
+from .architecture import KeySpec, generic_key_spec
 from .errors import MechaError
 from .merge import NONFINITE_MODES, _layout, _recipe, _recipe_text, make_options
 from .output_file import encode_header, plan_layout
@@ -310,7 +310,9 @@ class _Explainer:
         return [(v, tuple(b for b in run if b), c) for v, run, c in runs]
 
     # shares ------------------------------------------------------------------------------------
-    def _shares(self) -> tuple[list[Share], list[KeyShare], set[int]]:
+    def _shares(self) -> tuple[list[Share], list[KeyShare], set[str]]:
+        """The shares per component, block and class with every model present; then the keys some
+        models lack whose share differs from that (and the terms reached, to name the stops)."""
         reached: set[str] = set()
         everyone: dict[int, bool] = {id(op): True for op in self.leaf_ops}
         shares = []
@@ -320,7 +322,7 @@ class _Explainer:
             for coefficients, run, class_ in self._runs(component, blocks, classes, nominal):
                 shares.append(Share(component, run, dict(coefficients), class_))
         key_shares = []
-        cache: dict[Any, tuple[tuple[str, float], ...]] = {}
+        cache: dict[Any, tuple[tuple[str, float], ...]] = {}  # hyperparameters depend on these alone
         for key in self.plan.keys:
             if not key.merge:
                 continue
@@ -328,12 +330,13 @@ class _Explainer:
             if all(presence):
                 continue
             spec = key.spec
-            signature = (spec.component, spec.blocks, spec.class_, presence)
-            if signature not in cache:
-                cache[signature] = self._share(spec, key.name, {}, reached)
-            actual = cache[signature]
-            if actual != self._share(spec, key.name, dict(everyone), reached):
-                key_shares.append(KeyShare(key.name, dict(actual)))
+            where = (spec.component, spec.blocks, spec.class_)
+            if where + (presence,) not in cache:
+                cache[where + (presence,)] = self._share(spec, key.name, {}, reached)
+            if where not in cache:
+                cache[where] = self._share(spec, key.name, dict(everyone), reached)
+            if cache[where + (presence,)] != cache[where]:
+                key_shares.append(KeyShare(key.name, dict(cache[where + (presence,)])))
         return shares, key_shares, reached
 
     def _share(self, spec: KeySpec, key: str, present: dict[int, bool],
@@ -385,7 +388,8 @@ class _Explainer:
         read: dict[Any, set[str]] = {}  # by model identity: the keys read from it
         whole_files: set[Any] = set()
         for key in plan.keys:
-            entry = components.setdefault(key.spec.component or "other", {"merged": 0, "copied": {}})
+            known = key.name in self.architecture.key_specs
+            entry = components.setdefault(key.spec.component if known else "unknown", {"merged": 0, "copied": {}})
             if key.merge:
                 entry["merged"] += 1
                 for op in self.leaf_ops:
@@ -471,9 +475,12 @@ class _Explainer:
                     continue
                 seen.add(key)
                 spec = self.architecture.key_specs.get(key)
-                component = spec.component if spec is not None else "other"
-                dropped = spec is not None and _dropped(key, spec, self.plan.options.drop)
-                yield component or "other", "dropped" if dropped else "left_out"
+                component = spec.component if spec is not None else "unknown"
+                if spec is None:  # as planning judges it
+                    info = leaf.source.info(key)  # type: ignore[union-attr]
+                    spec = generic_key_spec(key, info.shape, info.torch_dtype_name)
+                dropped = _dropped(key, spec, self.plan.options.drop)
+                yield component, "dropped" if dropped else "left_out"
 
     def _warnings(self) -> list[str]:
         plan = self.plan
@@ -493,6 +500,14 @@ class _Explainer:
             warnings.append(f"{len(copied)} keys of merged components are copied unchanged (from "
                             f"{', '.join(sorted({self._label_of(k.copy_from) for k in copied if k.copy_from}))}): "
                             f"not every input has them, or they are not floating point")
+        own = sorted({op.method.name for op in self.ops if op.method is not None and op.method.coefficients is None})
+        if own:
+            whole = sorted({op.method.name for op in self.ops if op.method is not None and not op.method.elementwise})
+            warnings.append(f"{', '.join(own)}: the memory a method uses inside its call comes on top of the peak "
+                            f"memory shown" + (f" ({', '.join(whole)} on whole keys, not chunks)" if whole else ""))
+        if plan.encoder is not None:
+            warnings.append(f"saving as {plan.options.save_as}: the encoder's own work on each key (a "
+                            f"factorisation, say) comes on top of the peak memory shown")
         warnings.append(f"non-finite values ({plan.options.nonfinite}): {NONFINITE_POLICY[plan.options.nonfinite]}")
         return warnings
 

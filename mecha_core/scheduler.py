@@ -298,7 +298,8 @@ class KeyRunner:
                                      f"{type(error).__name__}: {error}") from error
             else:
                 value = self._value(child, plan, region, memo)
-                flat.add_(value.to(device=device, dtype=work).reshape(-1), alpha=coefficient)
+                # added in its stored dtype: torch converts on the fly, no converted copy of the input
+                flat.add_(value.to(device=device).reshape(-1), alpha=coefficient)
         self._release(op, memo, remaining)
         return total
 
