@@ -20,7 +20,7 @@ from typing import Any
 
 from .architecture import KeySpec, generic_key_spec
 from .errors import MechaError
-from .merge import NONFINITE_MODES, _layout, _recipe, _recipe_text, make_options
+from .merge import NONFINITE_MODES, _layout, _recipe, _recipe_text, _stored_recipe, make_options
 from .output_file import encode_header, plan_layout
 from .planning import KeyPlan, Leaf, MergePlan, Op, plan_merge, provides, usable_inputs
 from .plugins import get_plugins
@@ -160,7 +160,8 @@ class Explanation:
         return series
 
 
-def explain(recipe: RecipeNode | str | os.PathLike[str], **options: Any) -> Explanation:
+def explain(recipe: RecipeNode | str | os.PathLike[str], *, store_model_paths: bool = False,
+            **options: Any) -> Explanation:
     """What merging `recipe` would do, read from the models' headers only.
 
     `options` are :func:`mecha_core.merge`'s (``models_dir``, ``threads``, ``fallback_model``,
@@ -170,15 +171,16 @@ def explain(recipe: RecipeNode | str | os.PathLike[str], **options: Any) -> Expl
     merge_options = make_options(**options)
     plan = plan_merge(node, merge_options, get_plugins())
     try:
-        return _Explainer(node, plan).explanation()
+        return _Explainer(node, plan, store_model_paths).explanation()
     finally:
         plan.close()
 
 
 class _Explainer:
-    def __init__(self, node: RecipeNode, plan: MergePlan) -> None:
+    def __init__(self, node: RecipeNode, plan: MergePlan, store_model_paths: bool) -> None:
         self.node = node
         self.plan = plan
+        self.store_model_paths = store_model_paths
         self.architecture = plan.architecture
         self.ops = _post_order(plan.root)
         # one label per model: a file named twice in the recipe is one model, whose shares add up
@@ -448,7 +450,7 @@ class _Explainer:
             whole_files.add(_identity(leaf))
 
     def _metadata(self) -> dict[str, str]:
-        metadata = {"mecha_recipe": _recipe_text(self.node)}
+        metadata = _stored_recipe(_recipe_text(self.node, self.store_model_paths))
         if self.plan.encoder is not None:
             metadata.update(self.plan.encoder.metadata)
         return metadata

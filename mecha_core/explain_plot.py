@@ -5,13 +5,12 @@ line per model, so which model owns which blocks is seen at a glance."""
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import MechaError
 from .explain import Explanation
-from .output_file import _default_mode
+from .output_file import write_bytes_atomically
 
 FORMATS = (".png", ".svg")
 DPI = 100
@@ -34,8 +33,10 @@ def default_size(explanation: Explanation) -> tuple[int, int]:
     return 1000, 80 + 300 * panels
 
 
-def plot_shares(explanation: Explanation, path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> Path:
-    """Draw the shares into `path` (.png or .svg) at `size` pixels (width, height)."""
+def plot_shares(explanation: Explanation, path: str | os.PathLike[str], size: tuple[int, int] | None = None, *,
+                inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Draw the shares into `path` (.png or .svg) at `size` pixels (width, height), never over the
+    models or `inputs` (the recipe file)."""
     target = Path(path)
     if target.suffix.lower() not in FORMATS:
         raise MechaError(f"{target}: the plot is written as .png or .svg, not {target.suffix or 'a file without suffix'}")
@@ -68,30 +69,5 @@ def plot_shares(explanation: Explanation, path: str | os.PathLike[str], size: tu
     from io import BytesIO
     buffer = BytesIO()
     figure.savefig(buffer, format=target.suffix.lower()[1:], dpi=DPI)
-    write_file(target, buffer.getvalue(), [m.file for m in explanation.models])
-    return target
+    return write_bytes_atomically(target, buffer.getvalue(), inputs=[*inputs, *(m.file for m in explanation.models)])
 
-
-def write_file(path: Path, data: bytes, inputs: Iterable[str]) -> None:
-    """Write a small output (a picture, a graph) through a temporary file renamed into place,
-    never over one of the merge's inputs."""
-    if not path.parent.is_dir():
-        raise MechaError(f"output folder {str(path.parent)!r} does not exist; create it first")
-    if path.is_dir():
-        raise MechaError(f"output {str(path)!r} is a folder; give a file name")
-    if any(Path(i).exists() and path.exists() and Path(i).samefile(path) for i in inputs):
-        raise MechaError(f"{path} is one of the recipe's models; choose another output name")
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".mecha-tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, _default_mode())
-        os.replace(temp, path)
-    except OSError as error:
-        Path(temp).unlink(missing_ok=True)
-        raise MechaError(f"cannot write {str(path)!r}: {error.strerror}") from None
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -42,27 +42,30 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from .merge_commands import _read_recipe
-    recipe = _read_recipe(args.recipe)
+    from .merge_commands import _read_recipe, _recipe_path
+    # a recipe file stays a path, so that neither the picture nor the graph may replace it
+    recipe = _read_recipe("-") if args.recipe == "-" else _recipe_path(args.recipe)
     return show(recipe, as_json=args.json, plot=args.plot, plot_size=args.plot_size, graph=args.graph,
                 models_dir=args.models_dir, threads=args.threads, drop=args.drop,
                 fallback_model=ModelNode(args.fallback) if args.fallback else None)
 
 
-def show(recipe: RecipeNode, *, as_json: bool = False, plot: str | None = None,
+def show(recipe: RecipeNode | Path, *, as_json: bool = False, plot: str | None = None,
          plot_size: tuple[int, int] | None = None, graph: str | None = None, **options: Any) -> int:
-    """Explain `recipe` with merge `options`, print it, and write the picture and graph asked for."""
+    """Explain `recipe` (a recipe, or a recipe file) with merge `options`, print it, and write the
+    picture and graph asked for."""
     from ..explain import explain
     from ..explain_render import render_dot, render_json, render_text
+    from ..output_file import write_text_atomically
     if plot is not None:
         _check_plot_target(plot)
     explanation = explain(recipe, **options)
+    inputs = [recipe] if isinstance(recipe, Path) else []
     if plot is not None:
         from ..explain_plot import plot_shares
-        plot_shares(explanation, plot, plot_size)
+        plot_shares(explanation, plot, plot_size, inputs=inputs)
     if graph is not None:
-        from ..explain_plot import write_file
-        write_file(Path(graph), render_dot(explanation).encode("utf-8"), [m.file for m in explanation.models])
+        write_text_atomically(Path(graph), render_dot(explanation), inputs=[*inputs, *(m.file for m in explanation.models)])
     sys.stdout.write(render_json(explanation) if as_json else render_text(explanation))
     return 0
 
@@ -73,6 +76,6 @@ def _check_plot_target(plot: str) -> None:
     if Path(plot).suffix.lower() not in FORMATS:
         raise MechaError(f"{plot}: the plot is written as .png or .svg")
     try:
-        import matplotlib  # noqa: F401 - only whether it is installed
+        import matplotlib  # noqa: F401 - whether it is installed
     except ImportError:
         raise MechaError("--plot needs matplotlib: pip install 'mecha-core[plot]'") from None

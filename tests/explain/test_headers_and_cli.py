@@ -107,6 +107,11 @@ def test_graph_is_dot(plugins, mecha_cli, tmp_path, no_tensor_reads):
     assert dot.count("shape=ellipse") == 3 and dot.count("shape=box") == 2  # A once, with two edges
     assert 'label="ties_merge' in dot and "style=dashed" in dot  # the nonlinear node stands out
     assert dot.count(" -> ") == 5
+    for inputs in (recipe, tmp_path / "b.safetensors"):  # never over the recipe or a model
+        before = inputs.read_bytes()
+        refused = mecha_cli("explain", recipe, "--graph", inputs)
+        assert refused.status == 1 and "refusing to write the output over the input" in refused.err
+        assert inputs.read_bytes() == before
 
 
 def test_plot_without_matplotlib_names_the_extra(plugins, mecha_cli, tmp_path, monkeypatch):
