@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from . import dtypes
 from .architecture import KeySpec, generic_key_spec
 from .errors import MechaError
 from .merge import NONFINITE_MODES, _layout, _recipe, _recipe_text, _stored_recipe, make_options
@@ -120,10 +121,12 @@ class Share:
 
 @dataclasses.dataclass(frozen=True)
 class KeyShare:
-    """A key whose share differs from its blocks' because some inputs lack it."""
+    """A key whose share differs from its block's: some inputs lack it, or it belongs to several
+    blocks (its hyperparameters are the mean of theirs)."""
 
     key: str
     coefficients: dict[str, float]
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,8 +316,8 @@ class _Explainer:
 
     # shares ------------------------------------------------------------------------------------
     def _shares(self) -> tuple[list[Share], list[KeyShare], set[str]]:
-        """The shares per component, block and class with every model present; then the keys some
-        models lack whose share differs from that (and the terms reached, to name the stops)."""
+        """The shares per component, block and class with every model present; then the keys whose
+        share differs from their block's (and the terms reached, to name the stops)."""
         reached: set[str] = set()
         everyone: dict[int, bool] = {id(op): True for op in self.leaf_ops}
         shares = []
@@ -325,20 +328,31 @@ class _Explainer:
                 shares.append(Share(component, run, dict(coefficients), class_))
         key_shares = []
         cache: dict[Any, tuple[tuple[str, float], ...]] = {}  # hyperparameters depend on these alone
+
+        def nominal_of(spec: KeySpec) -> tuple[tuple[str, float], ...]:
+            where = (spec.component, spec.blocks, spec.class_)
+            if where not in cache:
+                cache[where] = self._share(spec, "", dict(everyone), reached)
+            return cache[where]
+
         for key in self.plan.keys:
             if not key.merge:
                 continue
-            presence = tuple(key.name in op.leaf.source.keys() for op in self.leaf_ops)  # type: ignore[union-attr]
-            if all(presence):
-                continue
             spec = key.spec
-            where = (spec.component, spec.blocks, spec.class_)
-            if where + (presence,) not in cache:
-                cache[where + (presence,)] = self._share(spec, key.name, {}, reached)
-            if where not in cache:
-                cache[where] = self._share(spec, key.name, dict(everyone), reached)
-            if cache[where + (presence,)] != cache[where]:
-                key_shares.append(KeyShare(key.name, dict(cache[where + (presence,)])))
+            presence = tuple(key.name in op.leaf.source.keys() for op in self.leaf_ops)  # type: ignore[union-attr]
+            if not all(presence):
+                where = (spec.component, spec.blocks, spec.class_, presence)
+                if where not in cache:
+                    cache[where] = self._share(spec, key.name, {}, reached)
+                if cache[where] != nominal_of(spec):
+                    lacking = sorted({self.leaf_label[id(op)] for op, have in zip(self.leaf_ops, presence) if not have})
+                    key_shares.append(KeyShare(key.name, dict(cache[where]), f"missing in {', '.join(lacking)}"))
+                    continue
+            if len(spec.blocks) > 1:
+                rows = {nominal_of(_spec(spec.component, block, spec.class_)) for block in spec.blocks}
+                if rows != {nominal_of(spec)}:
+                    key_shares.append(KeyShare(key.name, dict(nominal_of(spec)),
+                                               f"in {len(spec.blocks)} blocks: the mean of their values"))
         return shares, key_shares, reached
 
     def _share(self, spec: KeySpec, key: str, present: dict[int, bool],
@@ -430,10 +444,10 @@ class _Explainer:
             writer_buffers=writer, peak_memory=sum(working[:options.threads]) + writer)
 
     def _working_set(self, key: KeyPlan, chunk: int, per_element: int, chunk_step: Any) -> int:
-        """The bytes a worker holds for one key: a chunk of it or all of it, at `per_element`.
-        A copied key is a view of its file, written as it is."""
+        """The bytes a worker holds for one key: a chunk of it or all of it, at `per_element`; a
+        copied key is read whole and written as it is."""
         if not key.merge:
-            return 0
+            return key.numel * dtypes.itemsize(dtypes.code_of(key.out_dtype))
         if key.chunkable and key.numel > chunk:
             return chunk_step(chunk, key) * per_element
         return key.numel * per_element

@@ -45,9 +45,9 @@ def render_text(explanation: Explanation) -> str:
     for stop in e.stops:
         lines.append(f"  the share stops at {stop}: not a linear method, its result is one term")
     if e.key_shares:
-        lines.append(f"  {len(e.key_shares)} keys lack some inputs and take other shares:")
+        lines.append(f"  {len(e.key_shares)} keys take other shares than their block's:")
         for key_share in e.key_shares[:10]:
-            lines.append(f"    {key_share.key}: {linear_form(key_share.coefficients)}")
+            lines.append(f"    {key_share.key}: {linear_form(key_share.coefficients)} ({key_share.reason})")
         if len(e.key_shares) > 10:
             lines.append(f"    ... {len(e.key_shares) - 10} more (--json lists them all)")
     lines += ["", "warnings"]

@@ -69,6 +69,14 @@ def test_sd1_nested_weighted_sums(sd1_files):
         close(attn[block], {"B": 0.5, "C": 0.5})
     close(attn["out11"], {"B": 0.1, "C": 0.9})
     assert {s.class_ for s in explanation.shares} == {None, "attn2_to_k"}
+    # time_embed belongs to the 21 blocks holding a residual block: its inner alpha is their mean,
+    # (8 x 0.2 + 0.6 + 12 x 0.8) / 21, and its outer alpha the one block value given among them, out11's 0.9
+    time_embed = [k for k in explanation.key_shares if ".time_embed." in k.key]
+    assert len(time_embed) == len(explanation.key_shares) == 4
+    inner = 11.8 / 21
+    for key_share in time_embed:
+        close(key_share.coefficients, {"A": 0.1 * (1 - inner), "B": 0.1 * inner, "C": 0.9})
+        assert key_share.reason == "in 21 blocks: the mean of their values"
 
 
 def test_the_merge_follows_the_shares(sd1_files):
@@ -140,7 +148,7 @@ def test_generic_model_blocks_classes_and_missing_keys(plugins, tmp_path):
     for block in ("model_layers_0", "model_layers_1", "model_layers_2"):
         close(q_proj[block], {"B": 0.25, "C": 0.75})
     # C lacks one key: linear takes B alone there
-    assert [k.key for k in explanation.key_shares] == [missing]
+    assert [(k.key, k.reason) for k in explanation.key_shares] == [(missing, "missing in C")]
     close({t: v for t, v in explanation.key_shares[0].coefficients.items() if v}, {"B": 1.0})
     assert any("C lacks 1 of the merged keys" in w for w in explanation.warnings)
     merged = mc.merge(recipe, save_dtype="float32")
