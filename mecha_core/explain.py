@@ -186,12 +186,14 @@ class _Explainer:
         self.store_model_paths = store_model_paths
         self.architecture = plan.architecture
         self.ops = _post_order(plan.root)
+        leaves = plan.leaves + ([plan.fallback] if plan.fallback else [])
+        self.identities = {id(leaf): _identity(leaf) for leaf in leaves}
         # one label per model: a file named twice in the recipe is one model, whose shares add up
         self.labels: dict[Any, str] = {}
         for leaf in plan.leaves:
-            self.labels.setdefault(_identity(leaf), _letters(len(self.labels)))
+            self.labels.setdefault(self._identity(leaf), _letters(len(self.labels)))
         self.leaf_ops = [op for op in self.ops if op.leaf is not None]
-        self.leaf_label = {id(op): self.labels[_identity(op.leaf)] for op in self.leaf_ops}  # type: ignore[arg-type]
+        self.leaf_label = {id(op): self.labels[self._identity(op.leaf)] for op in self.leaf_ops}  # type: ignore[arg-type]
         self.call_names = self._call_names()
 
     def explanation(self) -> Explanation:
@@ -210,6 +212,9 @@ class _Explainer:
             key_shares=key_shares,
             warnings=self._warnings(),
         )
+
+    def _identity(self, leaf: Leaf) -> tuple[Any, ...]:
+        return self.identities[id(leaf)]
 
     # the recipe -------------------------------------------------------------------------------
     def _call_names(self) -> dict[int, str]:
@@ -234,7 +239,7 @@ class _Explainer:
     def _models(self) -> list[ModelSummary]:
         summaries = []
         for leaf in self._all_leaves():
-            is_fallback = _identity(leaf) not in self.labels
+            is_fallback = self._identity(leaf) not in self.labels
             label = self._label_of(leaf)
             counts: dict[str, int] = {}
             for info in leaf.file.tensors.values():
@@ -420,10 +425,10 @@ class _Explainer:
             entry[reason] = entry.get(reason, 0) + 1
         bytes_read = 0
         for leaf in self._all_leaves():
-            if _identity(leaf) in whole_files:
+            if self._identity(leaf) in whole_files:
                 bytes_read += sum(info.nbytes for info in leaf.file.tensors.values())
             else:
-                bytes_read += sum(leaf.source.info(k).nbytes for k in read.get(_identity(leaf), ()))  # type: ignore[union-attr]
+                bytes_read += sum(leaf.source.info(k).nbytes for k in read.get(self._identity(leaf), ()))  # type: ignore[union-attr]
         layout = _layout(plan)
         output_dtypes: dict[str, int] = {}
         for _, dtype_name, _ in layout:
@@ -459,9 +464,9 @@ class _Explainer:
         if key not in leaf.source.keys():
             return
         if leaf.type.name == "base":
-            read.setdefault(_identity(leaf), set()).add(key)
+            read.setdefault(self._identity(leaf), set()).add(key)
         else:
-            whole_files.add(_identity(leaf))
+            whole_files.add(self._identity(leaf))
 
     def _metadata(self) -> dict[str, str]:
         metadata = _stored_recipe(_recipe_text(self.node, self.store_model_paths))
@@ -474,11 +479,11 @@ class _Explainer:
         leaves = self.plan.leaves + ([self.plan.fallback] if self.plan.fallback else [])
         unique: dict[Any, Leaf] = {}
         for leaf in leaves:
-            unique.setdefault(_identity(leaf), leaf)
+            unique.setdefault(self._identity(leaf), leaf)
         return list(unique.values())
 
     def _label_of(self, leaf: Leaf) -> str:
-        return self.labels.get(_identity(leaf), "fallback")
+        return self.labels.get(self._identity(leaf), "fallback")
 
     def _left_out(self) -> Iterable[tuple[str, str]]:
         """(component, "dropped" or "left_out") for every input key the plan does not write."""

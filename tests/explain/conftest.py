@@ -48,6 +48,14 @@ def write_header_only(path: Path, specs: Iterable[KeySpec], dtype: str | None = 
     return path
 
 
+def tiny_headers(folder: Path, arch: str, names: str = "abc") -> list[Path]:
+    """Header-only files of an architecture's tiny layout (shares need no tensor data), one per name."""
+    import importlib
+    module = importlib.import_module(f"mecha_{arch}.{arch}")
+    specs = [spec for spec in module.keys(tiny=True) if not spec.optional]
+    return [write_header_only(folder / f"{name}.safetensors", specs) for name in names]
+
+
 @pytest.fixture
 def no_tensor_reads(monkeypatch):
     """Any read of a model file's data section fails the test."""

@@ -9,7 +9,8 @@ import zlib
 import pytest
 
 import mecha_core as mc
-from mecha_core.testing import tiny_model, write_model
+
+from .conftest import tiny_headers
 
 matplotlib = pytest.importorskip("matplotlib")
 
@@ -40,8 +41,7 @@ def plotted(monkeypatch):
 
 
 def test_plot_series_and_png_size(plugins, mecha_cli, tmp_path, plotted):
-    a, b, c = (write_model(tiny_model("sd1", seed=seed), tmp_path / f"{name}.safetensors")
-               for seed, name in enumerate("abc"))
+    a, b, c = tiny_headers(tmp_path, "sd1")
     unet = [0.1 * i for i in range(25)]
     recipe = mc.weighted_sum(mc.weighted_sum(a, b, alpha=mc.blocks("sd1", "unet", *unet) | mc.default("sd1", "txt", 0.5)),
                              c, alpha=0.2)
@@ -63,7 +63,7 @@ def test_plot_series_and_png_size(plugins, mecha_cli, tmp_path, plotted):
 
 
 def test_svg_and_bad_suffix(plugins, mecha_cli, tmp_path):
-    a, b = (write_model(tiny_model("sd1", seed=seed), tmp_path / f"{name}.safetensors") for seed, name in enumerate("ab"))
+    a, b = tiny_headers(tmp_path, "sd1", "ab")
     (tmp_path / "r.mecha").write_text(mc.serialize(mc.weighted_sum(a, b)))
     result = mecha_cli("explain", tmp_path / "r.mecha", "--plot", tmp_path / "shares.svg")
     assert result.status == 0, result.err

@@ -9,6 +9,8 @@ import torch
 import mecha_core as mc
 from mecha_core.testing import tiny_model, write_model
 
+from .conftest import tiny_headers
+
 SD1_ATTN2_BLOCKS = ("in1", "in2", "in4", "in5", "in7", "in8", "mid", *(f"out{i}" for i in range(3, 12)))
 
 
@@ -32,8 +34,8 @@ def close(found, expected):
 
 @pytest.fixture
 def sd1_files(plugins, tmp_path):
-    return [write_model(tiny_model("sd1", seed=seed), tmp_path / f"{name}.safetensors")
-            for seed, name in enumerate("abc")]
+    """Header-only: shares need no tensor data."""
+    return tiny_headers(tmp_path, "sd1")
 
 
 def sd1_recipe(a, b, c):
@@ -79,8 +81,10 @@ def test_sd1_nested_weighted_sums(sd1_files):
         assert key_share.reason == "in 21 blocks: the mean of their values"
 
 
-def test_the_merge_follows_the_shares(sd1_files):
+def test_the_merge_follows_the_shares(plugins, tmp_path):
     """The shares are the merge's own coefficients: the merged tensors equal them applied to the inputs."""
+    sd1_files = [write_model(tiny_model("sd1", seed=seed), tmp_path / f"{name}.safetensors")
+                 for seed, name in enumerate("abc")]
     a, b, c = sd1_files
     recipe = sd1_recipe(a, b, c)
     explanation = mc.explain(recipe)
@@ -102,8 +106,7 @@ def test_the_merge_follows_the_shares(sd1_files):
 
 
 def test_sdxl_linear_methods(plugins, tmp_path):
-    a, b, c = (write_model(tiny_model("sdxl", seed=seed), tmp_path / f"{name}.safetensors")
-               for seed, name in enumerate("abc"))
+    a, b, c = tiny_headers(tmp_path, "sdxl")
     alpha = mc.blocks("sdxl", "txt2", in0=2.0) | mc.default("sdxl", "unet", 1.0) | mc.classes("sdxl", "unet", attn1_to_q=-1.0)
     recipe = mc.add_difference(mc.n_average(a, b, c), mc.subtract(b, c), alpha=alpha)
     explanation = mc.explain(recipe)
