@@ -298,8 +298,10 @@ class KeyRunner:
                                      f"{type(error).__name__}: {error}") from error
             else:
                 value = self._value(child, plan, region, memo)
-                # added in its stored dtype: torch converts on the fly, no converted copy of the input
-                flat.add_(value.to(device=device).reshape(-1), alpha=coefficient)
+                # added in its stored dtype, which torch converts on the fly (no converted copy of the
+                # input), except float8, which has no addition kernels on CPU
+                value = value.to(device=device) if value.element_size() > 1 else value.to(device=device, dtype=work)
+                flat.add_(value.reshape(-1), alpha=coefficient)
         self._release(op, memo, remaining)
         return total
 
