@@ -85,6 +85,8 @@ def test_cli_text_json_and_dry_run(plugins, mecha_cli, tmp_path, no_tensor_reads
     assert data["architecture"] == "sd1" and [m["label"] for m in data["models"]] == ["A", "B"]
     assert {"component": "unet", "blocks": ["in0"], "coefficients": {"A": 0.8, "B": 0.2}, "class_": None} in data["shares"]
     assert data["plan"]["peak_memory"] > 0
+    budget = mecha_cli("explain", recipe, "--models-dir", tmp_path, "--json", "--memory-budget", "64").json()["plan"]
+    assert budget["chunk_elements"] == (64 << 20) // budget["bytes_per_element"]
     dry = mecha_cli("merge", recipe, "--models-dir", tmp_path, "--dry-run", "-o", tmp_path / "out.safetensors")
     assert dry.status == 0, dry.err
     assert dry.out == shown.out
