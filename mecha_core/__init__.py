@@ -22,6 +22,7 @@ from . import dtypes, keyspecs, methods, random_models
 from .architecture import Architecture, ArchitectureMatch, Component, KeySpec
 from .cli_command import CliCommand
 from .errors import MechaError, MergeError, ModelFileError, PluginError, RecipeError, RecipeSyntaxError
+from .explain import Explanation, explain
 from .hookspecs import hookimpl
 from .hyper import blocks, classes, default
 from .merge import MergeReport, merge
@@ -40,11 +41,13 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 __version__ = "0.1.0"
 
 __all__ = [
-    "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "KeySource", "KeySpec", "MechaError",
+    "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "Explanation", "KeySource", "KeySpec",
+    "MechaError",
     "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace", "ModelFileError", "ModelNode",
     "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins", "RecipeError",
     "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorFile", "TensorInfo", "Weight", "blocks",
-    "classes", "compose", "default", "deserialize", "dtypes", "get_plugins", "hookimpl", "keyspecs", "load_plugins",
+    "classes", "compose", "default", "deserialize", "dtypes", "explain", "get_plugins", "hookimpl", "keyspecs",
+    "load_plugins",
     "merge", "merge_method", "methods", "model", "open_tensor_file", "parameter", "random_models", "save_tensors",
     "serialize", "set_plugins", "using_plugins",
 ]

@@ -335,6 +335,11 @@ def _fsync_folder(folder: Path) -> None:
 
 def write_text_atomically(path: Path, text: str, *, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
     """Write a small text file (a recipe) through a temporary file and a rename, never over `inputs`."""
+    return write_bytes_atomically(path, text.encode("utf-8"), inputs=inputs)
+
+
+def write_bytes_atomically(path: Path, data: bytes, *, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Write a small file (a recipe, a picture) through a temporary file and a rename, never over `inputs`."""
     path = _target(path)
     known = identities(inputs)
     _check_target(path, known)
@@ -342,8 +347,8 @@ def write_text_atomically(path: Path, text: str, *, inputs: Iterable[str | os.Pa
     temp_id = None
     try:
         temp_id = file_id(os.fstat(fd))
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
             os.fchmod(handle.fileno(), _default_mode())

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import dtypes
+from .architecture import Architecture, KeySpec
 from .errors import MechaError, MergeError, from_signal
 from .hyper import resolve
 from .planning import KeyPlan, MergePlan, Op, provides, usable_inputs
@@ -80,8 +81,10 @@ class KeyRunner:
         self.leaf_ops = [op for op in self._ops() if op.leaf is not None]
         leaves = len(self.leaf_ops)
         item = torch.empty((), dtype=dtypes.to_torch(self.options.work_dtype)).element_size()
-        per_element = item * (len(self.uses) + leaves + 2)
-        self.chunk = max(1 << 16, self.options.chunk_bytes // per_element)
+        # bytes one element of a key costs while it is evaluated: every node's value, every model's
+        # converted input, the result and its cast
+        self.per_element = item * (len(self.uses) + leaves + 2)
+        self.chunk = max(1 << 16, self.options.chunk_bytes // self.per_element)
 
     def _ops(self) -> list[Op]:
         seen: dict[int, Op] = {}
@@ -233,14 +236,7 @@ class KeyRunner:
         assert method is not None
         device = op.device or self.options.device
         work = dtypes.to_torch(op.dtype or self.options.work_dtype)
-        hypers = {spec.name: _cast(spec.kind, resolve(op.hypers[spec.name], self.plan.architecture, plan.spec))
-                  if op.hypers.get(spec.name) is not None else None for spec in method.hypers}
-        if len(positions) < len(op.inputs):  # per-model values follow the models left out
-            offset = 0 if method.variadic is None else len(method.inputs) - 1
-            kept = [i - offset for i in positions if i >= offset]
-            for spec in method.hypers:
-                if spec.per_model and hypers[spec.name] is not None:
-                    hypers[spec.name] = tuple(hypers[spec.name][i] for i in kept)
+        hypers = call_hypers(op, positions, self.plan.architecture, plan.spec)
         children = [op.inputs[i] for i in positions]
         if method.coefficients is not None:
             result = self._combine(op, children, hypers, plan, region, memo, remaining, device, work)
@@ -302,7 +298,10 @@ class KeyRunner:
                                      f"{type(error).__name__}: {error}") from error
             else:
                 value = self._value(child, plan, region, memo)
-                flat.add_(value.to(device=device, dtype=work).reshape(-1), alpha=coefficient)
+                # added in its stored dtype, which torch converts on the fly (no converted copy of the
+                # input), except float8, which has no addition kernels on CPU
+                value = value.to(device=device) if value.element_size() > 1 else value.to(device=device, dtype=work)
+                flat.add_(value.reshape(-1), alpha=coefficient)
         self._release(op, memo, remaining)
         return total
 
@@ -360,6 +359,22 @@ def _all_finite(torch: Any, tensor: Any) -> bool:
         tensor = tensor.to(torch.float16)
     low, high = torch.aminmax(tensor.reshape(-1))
     return math.isfinite(low.item()) and math.isfinite(high.item())  # two scalars: no tensor ops
+
+
+def call_hypers(op: Op, positions: list[int], architecture: Architecture, spec: KeySpec) -> dict[str, Any]:
+    """The hyperparameters a method node is called with for one key: block/class values resolved
+    for the key, cast to their declared type, per-model values kept for the inputs used."""
+    method = op.method
+    assert method is not None
+    hypers = {h.name: _cast(h.kind, resolve(op.hypers[h.name], architecture, spec))
+              if op.hypers.get(h.name) is not None else None for h in method.hypers}
+    if len(positions) < len(op.inputs):  # per-model values follow the models left out
+        offset = 0 if method.variadic is None else len(method.inputs) - 1
+        kept = [i - offset for i in positions if i >= offset]
+        for h in method.hypers:
+            if h.per_model and hypers[h.name] is not None:
+                hypers[h.name] = tuple(hypers[h.name][i] for i in kept)
+    return hypers
 
 
 def _cast(kind: type, value: Any) -> Any:

@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import MechaError, PluginError, Signalled, from_signal
 from ..output_file import committed_outputs
 from ..plugins import Plugins, PluginWarning, get_plugins
-from . import info_commands, merge_commands, misc_commands, streams
+from . import explain_command, info_commands, merge_commands, misc_commands, streams
 
 TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
@@ -45,6 +45,7 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mecha {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     merge_commands.register(commands, common, plugins)
+    explain_command.register(commands, common, plugins)
     info_commands.register(commands, common, plugins)
     misc_commands.register(commands, common, plugins)
     _add_plugin_commands(commands, common, plugins)

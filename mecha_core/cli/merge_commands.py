@@ -56,6 +56,8 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
     merge.add_argument("--no-strict", dest="strict", action="store_false",
                        help="merge a model given an architecture its keys do not fit (arch= in the recipe) "
                             "with the keys that fit, instead of stopping")
+    merge.add_argument("--dry-run", action="store_true",
+                       help="write nothing: show what the merge would do, as `mecha explain` does")
     save_types = []
     try:
         for model_type in plugins.model_types.values():
@@ -157,18 +159,22 @@ def run_merge(args: argparse.Namespace) -> int:
             save_as = name
             save_options = {get_plugins().model_types.get(name).save_option: value}
     output = args.output if args.output else _default_output(args.recipe)
-    progress = _Progress(quiet=args.quiet)
-    started = time.perf_counter()
-    keep_freed_memory()
-    _, report = merge_with_report(
-        recipe, output, models_dir=args.models_dir, threads=args.threads, device=args.device,
+    options = dict(
+        models_dir=args.models_dir, threads=args.threads, device=args.device,
         work_dtype=args.work_dtype and dtypes.parse(args.work_dtype, dtypes.WORK_DTYPES, "work dtype"),
         save_dtype=args.save_dtype and dtypes.parse(args.save_dtype, dtypes.SAVE_DTYPES, "save dtype"),
         fallback_model=ModelNode(args.fallback) if args.fallback else None, drop=args.drop,
         nonfinite=args.nonfinite, save_as=save_as, save_options=save_options,
         memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,
-        progress=progress.update, on_plan=progress.start, store_model_paths=args.store_model_paths,
-        max_shard_size=args.max_shard_size, strict=args.strict)
+        store_model_paths=args.store_model_paths, strict=args.strict)
+    if args.dry_run:
+        from .explain_command import show
+        return show(recipe, **options)
+    progress = _Progress(quiet=args.quiet)
+    started = time.perf_counter()
+    keep_freed_memory()
+    _, report = merge_with_report(recipe, output, **options, progress=progress.update, on_plan=progress.start,
+                                   max_shard_size=args.max_shard_size)
     progress.close()
     elapsed = time.perf_counter() - started
     for note in report.notes:

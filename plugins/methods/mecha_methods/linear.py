@@ -9,7 +9,7 @@ from mecha_core import Delta, Same, Weight, merge_method
 from .tensor_ops import per_model
 
 
-@merge_method(elementwise=True)
+@merge_method(elementwise=True, coefficients=lambda count, alpha: (1.0 - alpha, alpha))
 def weighted_sum(a: Same, b: Same, *, alpha: float = 0.5) -> Same:
     """Linear interpolation of two models: (1 - alpha) a + alpha b.
 
@@ -18,7 +18,7 @@ def weighted_sum(a: Same, b: Same, *, alpha: float = 0.5) -> Same:
     return a.lerp(b, alpha)
 
 
-@merge_method(elementwise=True, stored_inputs=True)
+@merge_method(elementwise=True, stored_inputs=True, coefficients=lambda count: (1.0 / count,) * count)
 def n_average(*models: Same, dtype: Any = None) -> Same:
     """Mean of any number of models: (m1 + ... + mn) / n.
 
@@ -30,7 +30,14 @@ def n_average(*models: Same, dtype: Any = None) -> Same:
     return total.div_(len(models))
 
 
-@merge_method(elementwise=True)
+def _linear_coefficients(count: int, weight: Any, normalize: bool) -> tuple[float, ...]:
+    weight = per_model(weight, count)
+    weight_sum = sum(weight)
+    scale = 1.0 / weight_sum if normalize and abs(weight_sum) >= 1e-8 else 1.0
+    return tuple(w * scale for w in weight)
+
+
+@merge_method(elementwise=True, coefficients=_linear_coefficients)
 def linear(*models: Same, weight: tuple[float, ...] = 1.0, normalize: bool = True) -> Same:
     """Weighted average of any number of models (mergekit's "linear"): sum(w_i m_i) / sum(w_i).
 

@@ -187,7 +187,15 @@ _DARE = """
     rescales the whole tensor to its former L1 norm instead, equal only in expectation."""
 
 
-@merge_method(elementwise=True)
+def _task_arithmetic_coefficients(count: int, weight: Any, lambda_: float, normalize: bool) -> tuple[float, ...]:
+    """base + lambda_ sum(w_i (m_i - base)) / total: the base's coefficient, then each model's."""
+    weight = per_model(weight, count - 1)
+    total = sum(weight) if normalize and abs(sum(weight)) >= 1e-8 else 1.0
+    models = tuple(lambda_ * w / total for w in weight)
+    return (1.0 - sum(models), *models)
+
+
+@merge_method(elementwise=True, coefficients=_task_arithmetic_coefficients)
 @_with_details(_pipeline(consensus=False, normalize=False))
 def task_arithmetic(base: Weight, *models: Weight, weight: tuple[float, ...] = 1.0, lambda_: float = 1.0,
                     normalize: bool = False) -> Weight:
