@@ -129,6 +129,7 @@ class _Parser:
     def parse(self, text: str) -> RecipeNode:
         # "\n" only: str.splitlines() also breaks at form feeds and other separators, and the line
         # numbers in messages would then disagree with the user's editor
+        text = text.removeprefix("\ufeff")  # the byte-order mark some Windows editors write
         lines = [line.removesuffix("\r") for line in text.split("\n")]
         for number, line in enumerate(lines, 1):
             try:
@@ -285,8 +286,11 @@ def deserialize(recipe: str | os.PathLike[str], *, source: str | None = None) ->
 
     A string holding no newline that names an existing file is read as a path.
     """
-    if isinstance(recipe, os.PathLike) or ("\n" not in recipe and (recipe.endswith(".mecha") or os.path.isfile(recipe))):
+    if isinstance(recipe, os.PathLike) or ("\n" not in recipe and (recipe.endswith(".mecha") or os.path.isfile(recipe)
+                                                                   or os.path.isdir(recipe))):
         path = Path(recipe)
+        if path.is_dir():
+            raise RecipeError(f"{path}: is a folder, not a recipe file")
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
