@@ -275,7 +275,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             continue
         try:
             status = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(status.st_mode) and status.st_uid == os.getuid():
+            if stat.S_ISREG(status.st_mode) and status.st_uid == getattr(os, "getuid", lambda: status.st_uid)():
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:
