@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +55,13 @@ def config_path() -> Path:
 
 
 def load_config(path: Path | None = None) -> Config:
-    """The config file's settings (defaults where it is absent), checked."""
+    """The config file's settings (defaults where it is absent), checked. Every setting is optional."""
     path = path or config_path()
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    raw = _read(path)
+    if raw is None:
         return Config()
-    except OSError as error:
-        raise MechaError(f"config {path}: cannot read: {error.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise MechaError(f"config {path}: not valid TOML: {error}") from None
     fields = {"models_dirs", "threads", "device", "work_dtype", "save_dtype"}
@@ -68,20 +69,53 @@ def load_config(path: Path | None = None) -> Config:
         if key not in fields:
             raise MechaError(f"config {path}: unknown setting {key!r}; {suggest(key, fields, what='setting')}")
     return Config(
-        models_dirs=tuple(_dirs(data.get("models_dirs", ()), path)),
+        models_dirs=tuple(_dirs(data.get("models_dirs", []), path)),
         threads=_threads(data.get("threads"), f"config {path}: threads"),
         device=_string(data.get("device", "cpu"), path, "device"),
-        work_dtype=dtypes.parse(_string(data.get("work_dtype", "fp32"), path, "work_dtype"), dtypes.WORK_DTYPES,
-                                f"work_dtype in config {path}"),
-        save_dtype=dtypes.parse(_string(data.get("save_dtype", "fp16"), path, "save_dtype"), dtypes.SAVE_DTYPES,
-                                f"save_dtype in config {path}"),
+        work_dtype=_dtype(data.get("work_dtype", "fp32"), path, "work_dtype", dtypes.WORK_DTYPES),
+        save_dtype=_dtype(data.get("save_dtype", "fp16"), path, "save_dtype", dtypes.SAVE_DTYPES),
         path=str(path),
     )
+
+
+def _read(path: Path) -> bytes | None:
+    """The config file's bytes; None when there is none. Only a regular file is read: a FIFO would
+    block mecha, a device would feed it endless bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise MechaError(f"config {path}: cannot read: {error.strerror}") from None
+    try:
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
+            raise MechaError(f"config {path}: is a folder; MECHA_CONFIG must name a config file")
+        if not stat.S_ISREG(status.st_mode):
+            raise MechaError(f"config {path}: is not a regular file (a pipe or a device?); MECHA_CONFIG must name "
+                             f"a config file")
+        if status.st_size > MAX_CONFIG_BYTES:
+            raise MechaError(f"config {path}: is {status.st_size} bytes, too large for a config file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise MechaError(f"config {path}: cannot read: {error.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _dtype(value: Any, path: Path, name: str, allowed: tuple[str, ...]) -> str:
+    try:
+        return dtypes.parse(_string(value, path, name), allowed, name.replace("_", " "))
+    except MechaError as error:
+        raise MechaError(f"config {path}: {error}") from None
 
 
 def _dirs(value: Any, path: Path) -> list[str]:
     if isinstance(value, str):
         value = [value]
+    if isinstance(value, tuple):
+        value = list(value)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise MechaError(f"config {path}: models_dirs must be a list of folder paths")
     return [str(Path(v).expanduser()) for v in value]

@@ -18,7 +18,7 @@ from .errors import MechaError
 from .model_spec import model_spec_metadata
 from .output_file import OutputFile
 from .output_folder import DEFAULT_MAX_SHARD_SIZE, OutputFolder, is_folder_output, parse_size
-from .planning import MergeOptions, MergePlan, plan_merge
+from .planning import MergeOptions, MergePlan, check_device, plan_merge
 from .plugins import get_plugins
 from .recipe import ModelNode, RecipeNode, as_node, draw_random_seeds, transform
 from .recipe_format import deserialize, serialize
@@ -63,7 +63,7 @@ def make_options(*, models_dir: Any = None, threads: int | None = None, device: 
     return MergeOptions(
         models_dirs=tuple(config_module.models_dirs(models_dir, config)),
         threads=config_module.check_threads(threads if threads is not None else config.threads),
-        device=str(device or config.device),
+        device=check_device(str(device)) if device else check_device(config.device, f"config {config.path}: "),
         work_dtype=dtypes.parse(work, dtypes.WORK_DTYPES, "work dtype") if isinstance(work, str) else _checked(work, dtypes.WORK_DTYPES, "work dtype"),
         save_dtype=dtypes.parse(save, dtypes.SAVE_DTYPES, "save dtype") if isinstance(save, str) else _checked(save, dtypes.SAVE_DTYPES, "save dtype"),
         fallback_model=fallback,

@@ -71,6 +71,7 @@ class OutputFile:
     def __init__(self, path: str | os.PathLike[str], entries: Iterable[tuple[str, str, tuple[int, ...]]],
                  metadata: Mapping[str, str], *, inputs: Iterable[str | os.PathLike[str]] = (),
                  part: bool = False) -> None:
+        _check_name(Path(path))
         self.path = _target(Path(path))
         self.part = part  # a piece of a larger output (a shard): written only when the whole is
         self.layout = plan_layout(entries)
@@ -208,6 +209,15 @@ def _target(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
+def _check_name(path: Path) -> None:
+    """Refuse a file name longer than the file system allows (the temporary name always fits)."""
+    folder = path.parent
+    limit = _name_max(folder) if folder.is_dir() else 255
+    if len(os.fsencode(path.name)) > limit:
+        raise MechaError(f"output name {path.name[:40]!r}... is {len(os.fsencode(path.name))} bytes long; the file "
+                         f"system of {str(folder)!r} allows at most {limit}")
+
+
 def _check_target(path: Path, inputs: dict[FileId, str]) -> None:
     """Refuse an output that cannot be written, or that is one of the inputs, before any work."""
     folder = path.parent
@@ -218,10 +228,6 @@ def _check_target(path: Path, inputs: dict[FileId, str]) -> None:
     if path.exists() and not path.is_file():
         raise MechaError(f"output {str(path)!r} exists and is not a regular file (a device or pipe?); "
                          f"choose another output name")
-    limit = _name_max(folder)
-    if len(os.fsencode(path.name)) > limit:
-        raise MechaError(f"output name {path.name[:40]!r}... is {len(os.fsencode(path.name))} bytes long; the file "
-                         f"system of {str(folder)!r} allows at most {limit}")
     refuse_writing_over_inputs(path, inputs)
 
 
@@ -269,7 +275,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             continue
         try:
             status = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(status.st_mode) and status.st_uid == os.getuid():
+            if stat.S_ISREG(status.st_mode) and status.st_uid == getattr(os, "getuid", lambda: status.st_uid)():
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:
@@ -297,7 +303,7 @@ def _drop_temp(temp: Path, temp_id: FileId | None, target: Path, part: bool = Fa
     except OSError:
         landed = False
     if landed:
-        if target not in _committed and not part:
+        if not part:  # a record per rename: the same path may be written again by a later command
             _committed.append(target)
         return
     temp.unlink(missing_ok=True)
@@ -340,6 +346,7 @@ def write_text_atomically(path: Path, text: str, *, inputs: Iterable[str | os.Pa
 
 def write_bytes_atomically(path: Path, data: bytes, *, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
     """Write a small file (a recipe, a picture) through a temporary file and a rename, never over `inputs`."""
+    _check_name(path)
     path = _target(path)
     known = identities(inputs)
     _check_target(path, known)

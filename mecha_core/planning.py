@@ -16,7 +16,7 @@ from typing import Any
 
 from . import dtypes, hyper
 from .architecture import GENERIC, Architecture, ArchitectureMatch, KeySpec, generic_architecture, generic_key_spec, pick_architecture
-from .errors import MechaError, MergeError, RecipeError
+from .errors import MechaError, MergeError, RecipeError, from_signal, suggest
 from .merge_method import MergeMethod
 from .model_type import BASE, KeySource, ModelType, OutputEncoder
 from .plugins import Plugins
@@ -130,6 +130,7 @@ def plan_merge(recipe: RecipeNode, options: MergeOptions, plugins: Plugins) -> M
     if holes:
         raise RecipeError(f"the recipe still has parameters to fill: {', '.join(sorted(holes))}; fill them with "
                           f"compose() or `mecha compose`")
+    check_device(options.device)
     leaves_by_node: dict[int, Leaf] = {}
     opened: list[Leaf] = []
     architectures = working_architectures(plugins)
@@ -232,7 +233,10 @@ def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None,
         if arch is not None:
             return given_type, arch, ""
         if given_type.detect is not None:
-            arch_name = given_type.detect(file, architectures)
+            try:
+                arch_name = _detect(given_type, file, architectures, plugins)
+            except PluginFailure as failure:
+                raise MechaError(str(failure)) from failure.__cause__
             if arch_name is None:
                 raise MechaError(f"{file.label}: does not look like a {given_type.name} model; check type={given_type.name!r}")
             return given_type, arch_name, ""
@@ -244,13 +248,10 @@ def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None,
             if candidate.detect is None:
                 continue
             try:
-                arch_name = candidate.detect(file, architectures)
-            except MechaError:
-                raise
-            except Exception as error:
-                provider = plugins.provider("model_types", name)
-                raise MechaError(f"{file.label}: model type {name!r} from plugin {provider.label} failed to "
-                                 f"inspect the file: {type(error).__name__}: {error}") from error
+                arch_name = _detect(candidate, file, architectures, plugins)
+            except PluginFailure as failure:  # a broken model type is skipped, like a broken architecture
+                plugins.report(f"{failure}; it is skipped")
+                continue
             if arch_name is not None:
                 claims.append((candidate, arch_name))
         if len(claims) > 1:
@@ -286,6 +287,70 @@ def _check_given_architecture(file: TensorFile, arch: str, architectures: Mappin
         return
     raise MechaError(f"{file.label}: arch={arch!r} was given, but {why}; correct arch=, or merge only the keys "
                      f"that fit with strict=False (mecha merge --no-strict)")
+
+
+class PluginFailure(Exception):
+    """A plugin's model type that failed (raised, or answered nonsense) while inspecting a file."""
+
+
+def _detect(model_type: ModelType, file: TensorFile, architectures: Mapping[str, Architecture],
+            plugins: Plugins) -> str | None:
+    """``model_type.detect``, held to its contract: None, or the name of a usable architecture."""
+    assert model_type.detect is not None
+
+    def failure(what: str) -> PluginFailure:
+        provider = plugins.provider("model_types", model_type.name).label
+        return PluginFailure(f"model type {model_type.name!r} from plugin {provider} {what} on {file.label}")
+
+    try:
+        arch_name = model_type.detect(file, architectures)
+    except MechaError:
+        raise
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt) and from_signal(error):
+            raise
+        raise failure(f"failed ({type(error).__name__}: {error})") from error
+    if arch_name is not None and (not isinstance(arch_name, str) or (arch_name != GENERIC and arch_name not in architectures)):
+        raise failure(f"answered {arch_name!r}, not None or the name of an architecture")
+    return arch_name
+
+
+def check_device(name: str, where: str = "") -> str:
+    """`name` when torch can compute on that device here; else an error (prefixed by `where`, e.g.
+    ``"config PATH: "``) listing the devices there are."""
+    import torch
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is not None and _available(torch, device):
+        return name
+    raise MechaError(f"{where}device {name!r} is not available here; available devices: {', '.join(devices(torch))}")
+
+
+def _available(torch: Any, device: Any) -> bool:
+    if device.type == "cpu":
+        return True
+    backend = getattr(torch, device.type, None) if device.type in ("cuda", "xpu", "mps") else None
+    try:
+        if backend is None or not backend.is_available():
+            return False
+        count = backend.device_count() if hasattr(backend, "device_count") else 1
+    except Exception:  # a backend that cannot even count its devices has none to offer
+        return False
+    return (device.index or 0) < count
+
+
+def devices(torch: Any) -> list[str]:
+    """The devices a merge can run on here: cpu, then each accelerator (``cuda:0``, ...)."""
+    found = ["cpu"]
+    for kind in ("cuda", "xpu", "mps"):
+        probe = torch.device(kind)
+        if _available(torch, probe):
+            backend = getattr(torch, kind)
+            count = backend.device_count() if hasattr(backend, "device_count") else 1
+            found += [kind] + [f"{kind}:{i}" for i in range(count)]
+    return found
 
 
 def _check_spaces(recipe: RecipeNode, leaves: Mapping[int, Leaf]) -> None:
@@ -362,6 +427,11 @@ def _bind(recipe: RecipeNode, leaves: Mapping[int, Leaf], plugins: Plugins) -> O
             ops[id(node)] = Op(space=leaf.space, leaf=leaf)
         elif isinstance(node, MergeNode):
             inputs = [ops[id(i)] for i in node.inputs]
+            if node.device is not None:
+                try:
+                    check_device(node.device, f"merge method {node.method.name!r}: ")
+                except MechaError as error:
+                    raise node.origin.error(error) if node.origin else error from None
             space = infer_space(node.method, node.inputs, [i.space for i in inputs])
             assert space is not None
             provider = ""
@@ -517,6 +587,7 @@ def _plan_keys(root: Op, architecture: Architecture, leaves: list[Leaf], fallbac
             continue
         stored = donor.source.info(key)  # type: ignore[union-attr]
         plans.append(KeyPlan(key, spec, stored.shape, False, stored.torch_dtype_name, copy_from=donor))
+    _check_drop_patterns(options.drop, order, architecture)
     if unknown_keys:
         notes.append(f"{unknown_keys} keys unknown to {architecture.name} were copied unchanged")
     if dropped:
@@ -526,6 +597,17 @@ def _plan_keys(root: Op, architecture: Architecture, leaves: list[Leaf], fallbac
     if not plans:
         raise MergeError("the merge would produce no keys: the inputs share none that the recipe can compute")
     return plans
+
+
+def _check_drop_patterns(patterns: Sequence[str], keys: Mapping[str, None], architecture: Architecture) -> None:
+    """A ``--drop`` that leaves out nothing is a typo: an error with the nearest components and keys."""
+    for pattern in patterns:
+        specs = (architecture.key_specs.get(key) for key in keys)
+        components = {spec.component for spec in specs if spec is not None and spec.component}
+        if pattern in components or any(fnmatch.fnmatchcase(key, pattern) for key in keys):
+            continue
+        raise MergeError(f"--drop {pattern!r} matches no component and no key of the inputs; "
+                         f"{suggest(pattern, sorted(components) + list(keys), what='component or key name')}")
 
 
 def _dropped(key: str, spec: KeySpec, patterns: Sequence[str]) -> bool:

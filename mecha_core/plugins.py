@@ -25,7 +25,7 @@ import pluggy
 from . import hookspecs
 from .architecture import Architecture
 from .cli_command import CliCommand
-from .errors import PluginError, unknown
+from .errors import PluginError, from_signal, unknown
 from .merge_method import MergeMethod
 from .model_type import ModelType
 
@@ -215,7 +215,9 @@ def _call_hook(impl: pluggy.HookImpl, hook_name: str, spec_type: type) -> tuple[
         if result is not None and not isinstance(result, Iterable):
             return [], f"{hook_name}() returned {result!r}; return a list of {spec_type.__name__} objects"
         items = list(result or ())
-    except (Exception, SystemExit) as error:
+    except BaseException as error:  # sys.exit() or a KeyboardInterrupt of its own: the plugin's failure
+        if isinstance(error, KeyboardInterrupt) and from_signal(error):
+            raise
         return [], f"{hook_name}() raised {type(error).__name__}: {error}"
     wrong = next((item for item in items if not isinstance(item, spec_type)), None)
     if wrong is not None:
@@ -318,7 +320,9 @@ def load_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None = 
         plugins.records[record.name] = record
         try:
             plugin = entry_point.load()
-        except (Exception, SystemExit) as error:  # a plugin's sys.exit() at import must not end mecha
+        except BaseException as error:  # a plugin's sys.exit() or KeyboardInterrupt at import must not end mecha
+            if isinstance(error, KeyboardInterrupt) and from_signal(error):
+                raise
             record.status = f"failed: cannot import {entry_point.value}: {type(error).__name__}: {error}"
             _report(record, strict)
             continue

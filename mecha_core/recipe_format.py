@@ -132,6 +132,7 @@ class _Parser:
     def parse(self, text: str) -> RecipeNode:
         # "\n" only: str.splitlines() also breaks at form feeds and other separators, and the line
         # numbers in messages would then disagree with the user's editor
+        text = text.removeprefix("\ufeff")  # the byte-order mark some Windows editors write
         lines = [line.removesuffix("\r") for line in text.split("\n")]
         for number, line in enumerate(lines, 1):
             try:
@@ -320,8 +321,11 @@ def deserialize(recipe: str | os.PathLike[str] | Iterable[str], *, source: str |
         if not all(isinstance(line, str) for line in lines):
             raise RecipeError("expected a recipe as text, a path, or a list of lines (strings)")
         return _parse("\n".join(line.removesuffix("\n") for line in lines), source or "recipe")
-    if isinstance(recipe, os.PathLike) or ("\n" not in recipe and (recipe.endswith(".mecha") or os.path.isfile(recipe))):
+    if isinstance(recipe, os.PathLike) or ("\n" not in recipe and (recipe.endswith(".mecha") or os.path.isfile(recipe)
+                                                                   or os.path.isdir(recipe))):
         path = Path(recipe)
+        if path.is_dir():
+            raise RecipeError(f"{path}: is a folder, not a recipe file")
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -25,7 +25,6 @@ import errno
 import json
 import math
 import os
-import resource
 import stat
 import threading
 from collections.abc import Iterator, Mapping
@@ -185,7 +184,7 @@ class SafetensorsFile:
         try:
             done = 0
             while done < len(view):
-                count = os.preadv(fd, [view[done:]], offset + done)
+                count = _preadv(fd, view[done:], offset + done)
                 if count <= 0:  # the file ended early: it was truncated after it was opened
                     raise self._changed()
                 done += count
@@ -200,6 +199,12 @@ class SafetensorsFile:
             _POOL.forget(self)
             if self._status is not None:
                 input_guard.done_reading(self._status[:2])
+
+    def __del__(self) -> None:  # a file dropped without close() stops counting as an input
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> SafetensorsFile:
         return self
@@ -224,8 +229,8 @@ class _DescriptorPool:
 
     @staticmethod
     def limit() -> int:
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return 1024 if soft == resource.RLIM_INFINITY else max(4, soft // 4)
+        soft = _open_file_limit()
+        return 1024 if soft is None else max(4, soft // 4)
 
     def acquire(self, file: SafetensorsFile) -> int:
         """`file`'s descriptor, opened if needed, held until :meth:`release`."""
@@ -248,9 +253,9 @@ class _DescriptorPool:
             except OSError as error:  # EMFILE/ENFILE: the only OSError _open lets through
                 if self._evict():
                     continue
-                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                now = f", now {_open_file_limit()}" if _open_file_limit() is not None else ""
                 raise ModelFileError(f"{file.label}: cannot open: too many open files ({error.strerror}); raise "
-                                     f"the limit of open files (`ulimit -n`, now {soft})") from None
+                                     f"the limit of open files (`ulimit -n`{now})") from None
 
     def release(self, file: SafetensorsFile) -> None:
         with self._lock:
@@ -277,6 +282,25 @@ class _DescriptorPool:
                 file._fd = None
                 return True
         return False
+
+
+def _open_file_limit() -> int | None:
+    """The soft limit of open files, None when unlimited or unknown (no ``resource`` module)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _preadv(fd: int, view: memoryview, offset: int) -> int:
+    """Read into `view` at `offset`; where ``os.preadv`` is missing, through a copy."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)  # pragma: no cover - not Linux/BSD
+    view[:len(data)] = data
+    return len(data)
 
 
 _POOL = _DescriptorPool()

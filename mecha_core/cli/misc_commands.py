@@ -35,7 +35,7 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                                               "refuses to run code, and save its tensors as safetensors.")
     convert.add_argument("file")
     convert.add_argument("-o", "--output", help="output file (default: FILE with .safetensors)")
-    convert.set_defaults(handler=run_convert)
+    convert.set_defaults(handler=run_convert, output_is_file=True)
 
 
 def _toy_model(seed: int) -> dict[str, Any]:

@@ -245,3 +245,15 @@ def test_a_key_float_in_one_input_and_integer_in_another_is_refused(folder, caps
                                f"tensor in others: {kinds[first]}, {kinds[second]}; the inputs do not hold the same "
                                f"kind of value there")
     assert snapshot(folder) == before
+
+
+def test_where_standard_output_is_the_output_a_dead_reader_is_not_success(folder):
+    """``mecha compose r.mecha | head -c0``: the composed recipe went nowhere, so the status is not 0."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "mecha_core", "compose", "r.mecha"], cwd=folder,
+                                env=_env(folder), stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert result.returncode == 141 and result.stderr == ""

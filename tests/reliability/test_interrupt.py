@@ -49,16 +49,14 @@ def big_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
 @pytest.mark.parametrize("signum, status, message", [
     (signal.SIGINT, 130, "mecha: interrupted; no output was written"),
     (signal.SIGTERM, 143, "mecha: terminated; no output was written"),
+    (signal.SIGHUP, 129, "mecha: terminated by SIGHUP; no output was written"),
+    (signal.SIGUSR1, 138, "mecha: terminated by SIGUSR1; no output was written"),
 ])
 def test_an_interrupted_merge_leaves_nothing(big_models, signum, status, message):
     folder, digests = big_models
     out = folder / "out.safetensors"
     out.write_bytes(OLD)
-    env = dict(os.environ, MECHA_LOAD_PLUGINS="methods", MECHA_CONFIG=str(folder / "no-config.toml"))
-    env.pop("MECHA_MODELS_DIR", None)
-    process = subprocess.Popen([sys.executable, "-m", "mecha_core", "merge", "r.mecha", "-o", out.name,
-                                "--save-dtype", "fp32", "--threads", "2", "--quiet"],
-                               cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_merge(folder, out)
     try:
         deadline = time.monotonic() + 60
         while not list(folder.glob(TEMP_GLOB)):  # the output is being written once its temporary file exists
@@ -76,4 +74,40 @@ def test_an_interrupted_merge_leaves_nothing(big_models, signum, status, message
     assert err.strip().splitlines()[-1] == message
     assert list(folder.glob(TEMP_GLOB)) == []
     assert out.read_bytes() == OLD
+    assert {name: _digest(folder / name) for name in digests} == digests
+
+
+def _start_merge(folder: Path, out: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, MECHA_LOAD_PLUGINS="methods", MECHA_CONFIG=str(folder / "no-config.toml"))
+    env.pop("MECHA_MODELS_DIR", None)
+    return subprocess.Popen([sys.executable, "-m", "mecha_core", "merge", "r.mecha", "-o", out.name,
+                             "--save-dtype", "fp32", "--threads", "2", "--quiet"],
+                            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_next_merge_removes_what_a_killed_one_left(big_models):
+    """SIGKILL cannot be handled: the temporary file stays, until the next merge into the folder
+    finds that its writer is gone."""
+    folder, digests = big_models
+    out = folder / "out.safetensors"
+    out.write_bytes(OLD)
+    process = _start_merge(folder, out)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(folder.glob(TEMP_GLOB)):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the merge never started writing"
+            time.sleep(0.001)
+        process.kill()
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    left = list(folder.glob(TEMP_GLOB))
+    assert len(left) == 1 and out.read_bytes() == OLD
+    process = _start_merge(folder, out)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert list(folder.glob(TEMP_GLOB)) == [] and out.read_bytes() != OLD
     assert {name: _digest(folder / name) for name in digests} == digests
