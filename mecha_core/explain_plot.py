@@ -4,6 +4,7 @@ line per model, so which model owns which blocks is seen at a glance."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,12 +41,10 @@ def plot_shares(explanation: Explanation, path: str | os.PathLike[str], size: tu
     target = Path(path)
     if target.suffix.lower() not in FORMATS:
         raise MechaError(f"{target}: the plot is written as .png or .svg, not {target.suffix or 'a file without suffix'}")
-    try:
-        import matplotlib
+    try:  # a Figure without pyplot: no backend is chosen, nothing global changes for the caller
+        from matplotlib.figure import Figure
     except ImportError:
         raise MechaError("--plot needs matplotlib: pip install 'mecha-core[plot]'") from None
-    matplotlib.use("Agg", force=True)
-    from matplotlib.figure import Figure
 
     series = explanation.block_series()
     if not series:
@@ -66,8 +65,7 @@ def plot_shares(explanation: Explanation, path: str | os.PathLike[str], size: tu
         ax.set_ylabel("coefficient")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the lines, never over them
-    from io import BytesIO
-    buffer = BytesIO()
+    buffer = io.BytesIO()
     figure.savefig(buffer, format=target.suffix.lower()[1:], dpi=DPI)
     return write_bytes_atomically(target, buffer.getvalue(), inputs=[*inputs, *(m.file for m in explanation.models)])
 
