@@ -275,9 +275,10 @@ def _check_given_architecture(file: TensorFile, arch: str, architectures: Mappin
     """Refuse an architecture given for a model (``arch=``) that its keys do not fit: its keys are those of
     another architecture, or most of them are unknown to the one given. Merged as given, such a file would
     contribute only the keys the two layouts share and pass the rest through unmerged."""
-    if arch == GENERIC or not file.tensors:
+    concrete = architectures[arch].for_file(file) if arch != GENERIC else None
+    if concrete is None or not file.tensors:
         return
-    match = architectures[arch].match(file.tensors)
+    match = concrete.match(file.tensors)
     detected, _ = pick_architecture(_matches(architectures, file, plugins))
     if detected is not None and detected.name != arch:
         why = f"its keys are those of {detected.name}"

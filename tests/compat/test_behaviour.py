@@ -67,3 +67,18 @@ def test_sd_mecha_names_on_mecha_core_say_where_they_live(plugins, name, where):
 def test_unknown_names_on_mecha_core_still_suggest_methods(plugins):
     with pytest.raises(AttributeError, match="did you mean 'weighted_sum'"):
         mc.wieghted_sum
+
+
+def test_an_explicit_family_architecture_is_checked_against_the_model_s_own_keys(mecha_plugins, tmp_path):
+    """A family (the LLM one) lists its keys per model: arch="llm" on an LLM fits; on an SD1 file it does not."""
+    import mecha_llm
+    import mecha_methods
+    import mecha_sd1
+    for module, name in ((mecha_methods, "methods"), (mecha_llm, "llm"), (mecha_sd1, "sd1")):
+        mecha_plugins.register(module, name)
+    from tests.llm.conftest import llama_state_dict
+    llm = write_model(llama_state_dict(), tmp_path / "llm.safetensors")
+    assert mc.merge(mc.weighted_sum(mc.model(llm, arch="llm"), mc.model(llm, arch="llm")))
+    sd1 = write_model(tiny_model("sd1"), tmp_path / "sd1.safetensors")
+    with pytest.raises(mc.MechaError, match="arch='llm' was given|none of its keys belong to architecture 'llm'"):
+        mc.merge(mc.model(sd1, arch="llm"))
