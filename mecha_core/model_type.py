@@ -34,7 +34,10 @@ class KeySource(Protocol):
     [start, stop) of the flattened tensor into ``into``, a 1-D tensor of ``stop - start`` elements in
     the work dtype and on the work device. Methods declaring ``coefficients`` (``add_difference``)
     then take the source's values through it. It is called with start=0, stop=numel for a whole
-    key, and for any range when ``supports_ranges`` is true.
+    key, and for any range when ``supports_ranges`` is true. A source whose ``add_flat`` changes
+    ``into`` by a rule of the weights it holds rather than by adding fixed values (a DoRA) also sets
+    ``adds_to_weights = True``: it is then only called with a buffer of weights (a method whose
+    result is in weight space), and a buffer of deltas reads the source instead.
     """
 
     label: str

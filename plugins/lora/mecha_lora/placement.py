@@ -12,7 +12,8 @@ from collections.abc import Mapping
 
 from mecha_core import Architecture, MechaError, TensorFile, TensorInfo
 
-from .lora_file import DOWN, UNSUPPORTED_MARKERS, UNSUPPORTED_NOTE, UP, Grouped, Module, group, is_lora
+from .algorithms import check
+from .lora_file import UNSUPPORTED_MARKERS, UNSUPPORTED_NOTE, Grouped, Module, group, is_lora
 from .naming import LoraNames, Target, lora_names
 
 SHOWN = 10  # names listed in an error message
@@ -49,14 +50,17 @@ def _shape_fits(tensors: Mapping[str, TensorInfo], grouped: Grouped, names: Lora
                 architecture: Architecture) -> int:
     """How many placed modules have the shape of their layer in the architecture's (real-size) layout."""
     fits = 0
+    shapes = {name: tuple(info.shape) for name, info in tensors.items()}
     for module in grouped.modules.values():
         target = names.targets.get(module.name)
-        down, up = module.parts.get(DOWN), module.parts.get(UP)
-        if target is None or down is None or up is None:
+        if target is None:
+            continue
+        try:
+            found = check(module, shapes, lambda: None)
+        except MechaError:
             continue
         spec = architecture.key_specs[target.key].shape
-        if tensors[up].shape[:1] == (spec[0] // target.parts,) and \
-                math.prod(tensors[down].shape[1:]) == math.prod(spec[1:]):
+        if (found.rows, found.columns) == (spec[0] // target.parts, math.prod(spec[1:])):
             fits += 1
     return fits
 
