@@ -37,7 +37,8 @@ class KeySource(Protocol):
     key, and for any range when ``supports_ranges`` is true. A source whose ``add_flat`` changes
     ``into`` by a rule of the weights it holds rather than by adding fixed values (a DoRA) also sets
     ``adds_to_weights = True``: it is then only called with a buffer of weights (a method whose
-    result is in weight space), and a buffer of deltas reads the source instead.
+    result is in weight space), and a buffer of deltas reads the source instead. An optional
+    ``describe()`` returns labelled lines ``mecha inspect`` shows (a LoRA: its naming and algorithms).
     """
 
     label: str

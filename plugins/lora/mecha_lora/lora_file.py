@@ -3,8 +3,9 @@
 The tensor name is the module name plus a suffix that says which part it is:
 
 - LoRA/LoCon: kohya (``.lora_down.weight``, ``.lora_up.weight``, LyCORIS's CP core ``.lora_mid.weight``),
-  PEFT (``.lora_A.weight``, ``.lora_B.weight``), older diffusers (``.lora.down.weight``) and
-  transformers text-encoder LoRAs (``.lora_linear_layer.down.weight``);
+  PEFT (``.lora_A.weight``, ``.lora_B.weight``), older diffusers (``.lora.down.weight``, and
+  ``.to_q_lora.down.weight`` of its attention processors) and transformers text-encoder LoRAs
+  (``.lora_linear_layer.down.weight``);
 - LyCORIS: LoHa (``.hada_w1_a`` ... ``.hada_t2``), LoKr (``.lokr_w1``, ``.lokr_w1_a`` ... ``.lokr_t2``),
   full (``.diff``, ``.diff_b``);
 - every algorithm: ``.alpha``, and DoRA's magnitude, ``.dora_scale`` (LyCORIS, kohya) or PEFT's
@@ -28,6 +29,7 @@ _SUFFIXES = (
     (".lora_A.weight", LORA_DOWN), (".lora_B.weight", LORA_UP),
     (".lora.down.weight", LORA_DOWN), (".lora.up.weight", LORA_UP),
     (".lora_linear_layer.down.weight", LORA_DOWN), (".lora_linear_layer.up.weight", LORA_UP),
+    ("_lora.down.weight", LORA_DOWN), ("_lora.up.weight", LORA_UP),
     (".lora_magnitude_vector.weight", DORA_SCALE), (".lora_magnitude_vector", DORA_SCALE),
     (".alpha", ALPHA), (".dora_scale", DORA_SCALE), (".diff_b", DIFF_B), (".diff", DIFF),
     *((f".{part}", part) for part in sorted(HADA | HADA_CP | LOKR)),

@@ -25,7 +25,7 @@ from mecha_core import Architecture, MechaError, TensorFile, TensorInfo, dtypes
 from . import algorithms, dora
 from .algorithms import FULL, LORA, ModuleMath
 from .lora_file import ALPHA, DIFF, DIFF_B, Module
-from .naming import Target
+from .naming import Target, conventions
 from .placement import place
 
 FLOAT32 = "F32"
@@ -54,7 +54,9 @@ class LoraSource:
         self.file = file
         self.label = file.label
         self._plans: dict[str, DeltaPlan] = {}
-        for key, pieces in place(file, architecture).items():
+        placed = place(file, architecture)
+        self.naming = ", ".join(conventions(module.name for pieces in placed.values() for module, _ in pieces))
+        for key, pieces in placed.items():
             checked = [(self._module(module), target) for module, target in pieces]
             weights = [(math_, target) for math_, target in checked if DIFF in math_.parts or math_.algorithm != FULL]
             if weights:
@@ -80,11 +82,13 @@ class LoraSource:
     def info(self, key: str) -> TensorInfo:
         return TensorInfo(FLOAT32, self._plans[key].shape)
 
-    def algorithms(self) -> collections.Counter[str]:
-        """How many modules of each algorithm the file holds (``LoKr``, ``LoRA+DoRA``...), for ``inspect``."""
-        seen = {module.name: module for plan in self._plans.values() for module, _ in plan.pieces}
-        return collections.Counter(module.algorithm + ("+DoRA" if module.dora else "") for module in seen.values()
-                                   if not module.name.endswith(" (bias)"))
+    def describe(self) -> dict[str, str]:
+        """What ``mecha inspect`` shows of the file: its naming, and how many modules of each algorithm
+        it holds (``LoKr x 12, LoRA+DoRA x 3``)."""
+        seen = {module.name: module for plan in self._plans.values() for module, _ in plan.pieces
+                if not module.name.endswith(" (bias)")}
+        counts = collections.Counter(module.algorithm + ("+DoRA" if module.dora else "") for module in seen.values())
+        return {"naming": self.naming, "algorithms": ", ".join(f"{name} x {count}" for name, count in sorted(counts.items()))}
 
     def read(self, key: str) -> Any:
         """The key's delta, float32, in the checkpoint's layout."""
