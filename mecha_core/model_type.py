@@ -81,6 +81,8 @@ class ModelType:
     ``encoder(architecture, options)``, when given, makes the type a save format; ``save_option``
     names the one option the CLI passes to it (``--as-lora RANK`` -> ``{"rank": "RANK"}``, a string
     from the command line); ``options["save_dtype"]`` is the merge's save dtype (``float16``...).
+    ``save_extras``: (name, help) of further options, each a CLI flag ``--<type>-<name> VALUE``
+    (``--lora-format peft`` -> ``{"format": "peft"}``), given with ``--as-<type>`` only.
     """
 
     name: str
@@ -90,6 +92,7 @@ class ModelType:
     detect: Callable[[TensorFile, Mapping[str, Architecture]], str | None] | None = None
     encoder: Callable[[Architecture, Mapping[str, Any]], OutputEncoder] | None = None
     save_option: str | None = None
+    save_extras: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         validate_name(self.name, "model type")

@@ -81,7 +81,9 @@ class LoraNames:
     """The LoRA names of one architecture.
 
     ``targets``: every module name read, under any naming, with where it goes. ``kohya``: for every
-    key a LoRA can express, the kohya module names mecha writes for it (one per row block).
+    key a LoRA can express, the kohya module names mecha writes for it (one per row block). ``peft``:
+    the diffusers/PEFT names mecha writes (``--lora-format peft``) for the keys that have them, and
+    whether the key's row halves are swapped in them.
     ``trained``: the keys of the layers kohya's LoRA network trains (with conv layers, as LoCon).
     """
 
@@ -89,6 +91,7 @@ class LoraNames:
     targets: dict[str, Target]
     kohya: dict[str, tuple[str, ...]]
     trained: tuple[str, ...]
+    peft: dict[str, tuple[tuple[str, ...], bool]]
 
     def nearest(self, name: str) -> str | None:
         """The accepted module name closest to `name`, for error messages."""
@@ -102,9 +105,13 @@ class _Builder:
         self.targets: dict[str, Target] = {}
         self.kohya: dict[str, tuple[str, ...]] = {}
         self.trained: list[str] = []
+        self.peft: dict[str, tuple[tuple[str, ...], bool]] = {}
 
-    def layer(self, key: str, kohya: tuple[str, ...], others: Iterable[tuple[str, Target]], trained: bool) -> None:
+    def layer(self, key: str, kohya: tuple[str, ...], others: Iterable[tuple[str, Target]], trained: bool,
+              peft: tuple[str, ...] = (), swap: bool = False) -> None:
         self.kohya[key] = kohya
+        if peft:
+            self.peft[key] = (peft, swap)
         for part, name in enumerate(kohya):
             self._add(name, Target(key, part, len(kohya)))
         for name, target in others:
@@ -134,7 +141,7 @@ def lora_names(architecture: Architecture) -> LoraNames | None:
             _unet(builder, net, sgm_named=architecture.name in SGM_NAMED_UNETS)
         elif net.kind == MMDIT:
             _mmdit(builder, net)
-    return LoraNames(architecture.name, builder.targets, builder.kohya, tuple(builder.trained))
+    return LoraNames(architecture.name, builder.targets, builder.kohya, tuple(builder.trained), builder.peft)
 
 
 def _underscored(path: str) -> str:
@@ -147,7 +154,8 @@ def _text_encoder(builder: _Builder, net: Network, index: int, count: int) -> No
     for spec, paths, trained in _text_layers(net):
         others = [(peft_prefix + name, Target(spec.name, part, len(paths)))
                   for part, path in enumerate(paths) for name in (path, *_diffusers_attention(path))]
-        builder.layer(spec.name, tuple(kohya_prefix + _underscored(p) for p in paths), others, trained)
+        builder.layer(spec.name, tuple(kohya_prefix + _underscored(p) for p in paths), others, trained,
+                      tuple(peft_prefix + path for path in paths))
 
 
 def _diffusers_attention(path: str) -> tuple[str, ...]:
@@ -202,7 +210,8 @@ def _unet(builder: _Builder, net: Network, *, sgm_named: bool) -> None:
         kohya = sgm if sgm_named or path not in diffusers else names[1]
         trained = path.startswith(("input_blocks.", "middle_block.", "output_blocks.")) and \
             not path.startswith("input_blocks.0.")  # conv_in is not part of kohya's LoRA network
-        builder.layer(spec.name, (kohya,), [(n, Target(spec.name)) for n in names if n != kohya], trained)
+        peft = ("unet." + diffusers[path],) if path in diffusers else ()
+        builder.layer(spec.name, (kohya,), [(n, Target(spec.name)) for n in names if n != kohya], trained, peft)
 
 
 def _mmdit(builder: _Builder, net: Network) -> None:
@@ -215,4 +224,5 @@ def _mmdit(builder: _Builder, net: Network) -> None:
             target = Target(spec.name, part, len(paths), swap)
             others += [(f"transformer.{name}", target), (f"base_model.model.{name}", target),
                        (f"lora_transformer_{_underscored(name)}", target), (f"lycoris_{_underscored(name)}", target)]
-        builder.layer(spec.name, ("lora_unet_" + _underscored(path),), others, path.startswith("joint_blocks."))
+        builder.layer(spec.name, ("lora_unet_" + _underscored(path),), others, path.startswith("joint_blocks."),
+                      tuple(f"transformer.{name}" for name in paths), swap)
