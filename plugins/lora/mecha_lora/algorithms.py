@@ -152,11 +152,10 @@ def check(module: Module, shapes: Mapping[str, tuple[int, ...]], alpha: Callable
         else:
             w2a, w2b = shape("lokr_w2_a"), shape("lokr_w2_b")
             expect(len(w2a) == 2 and len(w2b) >= 2 and w2a[1] == w2b[0], "lokr_w2_a and lokr_w2_b disagree on the rank")
+            # a flat w2_b: a linear layer, or a conv whose kernel the layer gives
             b, kernel, columns2, rank2 = w2a[0], (w2b[2:] or None), math.prod(w2b[1:]), w2b[0]
         rank = rank1 if rank1 is not None else rank2
         rows, columns = a * b, c * columns2
-        if kernel is not None and len(kernel) == 0 and not w2_full and "lokr_t2" not in parts:
-            kernel = None  # flat w2_b: a linear layer, or a conv whose kernel the layer gives
     else:
         weight = parts.get(DIFF)
         if weight is None:
