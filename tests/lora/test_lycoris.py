@@ -176,3 +176,18 @@ def test_chunks_of_a_lycoris_delta_are_bytes_of_the_whole(plugins, tmp_path, cas
     whole = bake(model, lora, tmp_path)
     chunked = bake(model, lora, tmp_path, memory_budget=200, threads=1)
     assert all(torch.equal(chunked[key], whole[key]) for key in whole)
+
+
+def test_two_lokr_files_mix_and_bake(plugins, tmp_path):
+    """The mix users ask for (two LoKr, which the popular UI merger fails on): a weighted sum of their deltas."""
+    model = checkpoint()
+    cases = [CASES["lokr-wide-factor-4-both"], CASES["lokr-conv-cp"]]
+    (one, first), (two, second) = lycoris_file(plugins, model, cases, seed=1), lycoris_file(plugins, model, cases, seed=2)
+    paths = [mc.model(write_model(lora, tmp_path / f"lokr{i}.safetensors"), type="lora", arch="sd1")
+             for i, lora in enumerate((one, two))]
+    model_path = write_model(model, tmp_path / "model.safetensors")
+    mix = mc.weighted_sum(*paths, alpha=0.25)
+    merged = mc.merge(mc.add_difference(model_path, mix, alpha=1.0), save_dtype=torch.float32)
+    for key in first:
+        expected = model[key] + 0.75 * (first[key] - model[key]) + 0.25 * (second[key] - model[key])
+        torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=2e-6)
