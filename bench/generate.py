@@ -39,12 +39,14 @@ def ensure_sdxl(folder: Path) -> Path:
     return path if path.exists() else _write("sdxl", path, 100)
 
 
-def ensure_lora(folder: Path, *, conv: bool) -> Path:
+def ensure_lora(folder: Path, *, conv: bool, algo: str = "lora") -> Path:
     """A rank-32 kohya LoRA of SDXL: of its linear layers (``conv=False``, kohya's default), or also of
-    its 3x3 convolutions (a LoCon, 94% of the UNet's parameters)."""
-    path = folder / ("sdxl-locon.safetensors" if conv else "sdxl-lora.safetensors")
+    its 3x3 convolutions (a LoCon, 94% of the UNet's parameters); `algo` ``"loha"``/``"lokr"``: a LyCORIS
+    LoHa or LoKr of the same layers instead."""
+    stem = "sdxl-locon" if conv else "sdxl-lora"
+    path = folder / (f"{stem}.safetensors" if algo == "lora" else f"{stem}-{algo}.safetensors")
     if not path.exists():
         print(f"generating {path}")
         from mecha_lora.generation import write_random_lora
-        write_random_lora(path, get_plugins().architectures.get("sdxl"), rank=32, seed=101, conv=conv)
+        write_random_lora(path, get_plugins().architectures.get("sdxl"), rank=32, seed=101, conv=conv, algo=algo)
     return path

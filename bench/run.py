@@ -12,7 +12,8 @@ mecha-sd1 generator), and an SDXL checkpoint with a LoRA:
 - ``32``: n_average of 32 models (hard links to the 8 files, so the page cache holds them): memory must
   stay within 10% of the 8-model run, wall time must grow linearly with the bytes read;
 - ``lora``: rank-32 kohya LoRAs baked into an SDXL checkpoint, against a plain copy of the checkpoint:
-  a LoRA of the linear layers (kohya's default) and a LoCon (the 3x3 convolutions too);
+  a LoRA of the linear layers (kohya's default), a LoCon (the 3x3 convolutions too), and a LyCORIS LoHa
+  and LoKr of the same layers as the LoCon.
 - ``llm``: two random Llama models of TinyLlama's shapes (1.1 G parameters, fp16) merged with ties and
   with slerp from one mergekit configuration, mecha against mergekit-yaml (bench/llm.py).
 
@@ -203,9 +204,11 @@ def run(args: argparse.Namespace) -> list[Result]:
         checkpoint = ensure_sdxl(data)
         copy = recipe_file(data, "copy", [f'model "{checkpoint}"'])
         runs, names = [(mecha(copy, out, args.threads), [checkpoint])], ["mecha plain copy, SDXL"]
-        for conv, what in ((False, "LoRA (linear layers)"), (True, "LoCon (linear and 3x3 conv layers)")):
-            lora = ensure_lora(data, conv=conv)
-            bake = recipe_file(data, "bake-locon" if conv else "bake",
+        for conv, algo, what in ((False, "lora", "LoRA (linear layers)"), (True, "lora", "LoCon (linear and 3x3 conv layers)"),
+                                 (True, "loha", "LoHa (linear and 3x3 conv layers)"),
+                                 (True, "lokr", "LoKr (linear and 3x3 conv layers)")):
+            lora = ensure_lora(data, conv=conv, algo=algo)
+            bake = recipe_file(data, f"bake-{algo}-{'conv' if conv else 'linear'}",
                                [f'model "{checkpoint}"', f'model "{lora}"', 'merge "add_difference" &0 &1 alpha=0.8'])
             runs.append((mecha(bake, out, args.threads), [checkpoint, lora]))
             names.append(f"mecha SDXL + rank-32 {what}")

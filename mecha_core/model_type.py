@@ -34,7 +34,11 @@ class KeySource(Protocol):
     [start, stop) of the flattened tensor into ``into``, a 1-D tensor of ``stop - start`` elements in
     the work dtype and on the work device. Methods declaring ``coefficients`` (``add_difference``)
     then take the source's values through it. It is called with start=0, stop=numel for a whole
-    key, and for any range when ``supports_ranges`` is true.
+    key, and for any range when ``supports_ranges`` is true. A source whose ``add_flat`` changes
+    ``into`` by a rule of the weights it holds rather than by adding fixed values (a DoRA) also sets
+    ``adds_to_weights = True``: it is then only called with a buffer of weights (a method whose
+    result is in weight space), and a buffer of deltas reads the source instead. An optional
+    ``describe()`` returns labelled lines ``mecha inspect`` shows (a LoRA: its naming and algorithms).
     """
 
     label: str
@@ -77,6 +81,8 @@ class ModelType:
     ``encoder(architecture, options)``, when given, makes the type a save format; ``save_option``
     names the one option the CLI passes to it (``--as-lora RANK`` -> ``{"rank": "RANK"}``, a string
     from the command line); ``options["save_dtype"]`` is the merge's save dtype (``float16``...).
+    ``save_extras``: (name, help) of further options, each a CLI flag ``--<type>-<name> VALUE``
+    (``--lora-format peft`` -> ``{"format": "peft"}``), given with ``--as-<type>`` only.
     """
 
     name: str
@@ -86,6 +92,7 @@ class ModelType:
     detect: Callable[[TensorFile, Mapping[str, Architecture]], str | None] | None = None
     encoder: Callable[[Architecture, Mapping[str, Any]], OutputEncoder] | None = None
     save_option: str | None = None
+    save_extras: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         validate_name(self.name, "model type")

@@ -287,7 +287,10 @@ class KeyRunner:
             total.mul_(coefficients[0])
         flat = total.view(-1)
         for child, coefficient in zip(children[1:], coefficients[1:]):
-            add_flat = getattr(child.leaf.source, "add_flat", None) if child.leaf is not None else None
+            source = child.leaf.source if child.leaf is not None else None
+            add_flat = getattr(source, "add_flat", None)
+            if getattr(source, "adds_to_weights", False) and op.space != MergeSpace.WEIGHT:
+                add_flat = None  # a change that depends on the weight it is added to (a DoRA) needs weights
             if add_flat is not None and id(child) not in memo:
                 try:
                     add_flat(plan.name, start, stop, flat, coefficient)

@@ -146,7 +146,9 @@ def run_inspect(args: argparse.Namespace) -> int:
             missing = sorted(name for name, spec in arch.key_specs.items()
                              if name not in canonical and not spec.optional)
         else:
-            targets = set(model_type.open(file, arch).keys())
+            source = model_type.open(file, arch)
+            targets = set(source.keys())
+            details = source.describe() if hasattr(source, "describe") else {}  # optional: what the type says
             unknown, missing = [], []
         dtypes_count = collections.Counter(info.dtype for info in file.tensors.values())
         parameters = sum(info.numel for info in file.tensors.values())
@@ -167,6 +169,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         }
         if model_type.name != "base":
             report["targets"] = len(targets)
+            report["details"] = details
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
@@ -175,6 +178,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"model type:   {model_type.name} ({model_type.space.value} space)")
     print(f"keys:         {report['keys']} ({parameters / 1e6:.1f} M parameters)"
           + (f", targeting {report['targets']} {arch_name} keys" if "targets" in report else ""))
+    for label, text in report.get("details", {}).items():
+        print(f"{label + ':':<14}{printable(str(text))}")
     print("dtypes:       " + ", ".join(f"{k} x{v}" for k, v in report["dtypes"].items()))
     for label, keys in (("unknown keys", unknown), ("missing keys", missing)):
         if keys:

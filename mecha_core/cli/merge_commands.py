@@ -70,6 +70,9 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                                    dest=f"as_{model_type.name}",
                                    help=f"save the result as a {model_type.name} model with this "
                                         f"{model_type.save_option}")
+                for extra, text in model_type.save_extras:
+                    merge.add_argument(f"--{model_type.name}-{extra}", dest=f"{model_type.name}_{extra}",
+                                       metavar=extra.upper(), help=f"with --as-{model_type.name}: {text}")
     except PluginError as error:  # conflicting model types: the other commands must keep working
         plugins.report(f"no --as-TYPE options: {error}")
     merge.set_defaults(handler=run_merge, save_types=save_types, output_is_file=True)
@@ -166,14 +169,21 @@ def run_merge(args: argparse.Namespace) -> int:
     recipe, file_options = _read_recipe_file(args.recipe)
     save_as = None
     save_options: dict[str, Any] = {}
+    from ..plugins import get_plugins
     for name in args.save_types:
+        model_type = get_plugins().model_types.get(name)
+        extras = {extra: getattr(args, f"{name}_{extra}") for extra, _ in model_type.save_extras
+                  if getattr(args, f"{name}_{extra}", None) is not None}
         value = getattr(args, f"as_{name}", None)
-        if value is not None:
-            if save_as is not None:
-                raise MechaError(f"choose one of --as-{save_as} and --as-{name}")
-            from ..plugins import get_plugins
-            save_as = name
-            save_options = {get_plugins().model_types.get(name).save_option: value}
+        if value is None:
+            if extras:  # a usage error: exit 2, as argparse's
+                print(f"mecha: error: --{name}-{next(iter(extras))} needs --as-{name}", file=sys.stderr)
+                return 2
+            continue
+        if save_as is not None:
+            raise MechaError(f"choose one of --as-{save_as} and --as-{name}")
+        save_as = name
+        save_options = {model_type.save_option: value, **extras}
     output = args.output if args.output else _default_output(args.recipe)
     given = {  # the command line wins over the options the recipe file sets
         "work_dtype": args.work_dtype and dtypes.parse(args.work_dtype, dtypes.WORK_DTYPES, "work dtype"),

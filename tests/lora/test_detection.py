@@ -58,14 +58,14 @@ def test_tensors_that_fit_no_layer_are_listed(plugins, tmp_path):
     lora = random_lora(plugins.architectures.get("sd1"), rank=2)
     typo = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_qq"
     lora[f"{typo}.lora_down.weight"], lora[f"{typo}.lora_up.weight"] = torch.zeros(2, 8), torch.zeros(8, 2)
-    lora["lora_te_text_model_encoder_layers_0_mlp_fc1.dora_scale"] = torch.ones(1, 8)
+    lora["lora_te_text_model_encoder_layers_0_mlp_fc1.oft_blocks"] = torch.ones(1, 8)
     path = write_model(lora, tmp_path / "odd.safetensors")
     with pytest.raises(mc.MechaError) as error:
         detect(plugins, path)
     message = str(error.value)
     assert message.startswith(f"{path}: a LoRA for sd1 (350 of 351 modules placed), but these fit no layer of sd1: ")
-    assert f"module {typo}" in message and "tensor lora_te_text_model_encoder_layers_0_mlp_fc1.dora_scale" in message
-    assert f"nearest layer name to {typo!r} is '{typo[:-1]}'" in message and "DoRA" in message
+    assert f"module {typo}" in message and "tensor lora_te_text_model_encoder_layers_0_mlp_fc1.oft_blocks" in message
+    assert f"nearest layer name to {typo!r} is '{typo[:-1]}'" in message and "unsupported: OFT" in message
 
 
 def test_a_lora_of_no_known_architecture_is_an_error(plugins, tmp_path):
@@ -78,7 +78,7 @@ def test_a_lora_of_no_known_architecture_is_an_error(plugins, tmp_path):
 
 
 @pytest.mark.parametrize("change, problem", [
-    (lambda l, m: l.pop(f"{m}.lora_up.weight"), "has no up weight"),
+    (lambda l, m: l.pop(f"{m}.lora_up.weight"), "has no lora_up"),
     (lambda l, m: l.update({f"{m}.lora_up.weight": torch.zeros(8, 3)}), "disagree on the rank"),
     (lambda l, m: l.update({f"{m}.alpha": torch.ones(2)}), "alpha has shape [2], expected one number"),
     (lambda l, m: l.update({f"{m}.lora_down.weight": torch.zeros(4, 8, dtype=torch.int8)}), "expected floating point"),
@@ -94,10 +94,10 @@ def test_a_broken_module_is_refused_by_name(plugins, tmp_path, change, problem):
     assert f"{path}: LoRA module {module!r}" in str(error.value) and problem in str(error.value)
 
 
-def test_a_loha_is_refused_as_unsupported(plugins, tmp_path):
+def test_an_oft_is_refused_as_unsupported(plugins, tmp_path):
     module = "lora_unet_down_blocks_0_attentions_0_proj_in"
-    loha = {f"{module}.{part}": torch.zeros(2, 8) for part in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
-    path = write_model({**loha, f"{module}.alpha": torch.tensor(2.0)}, tmp_path / "loha.safetensors")
-    with pytest.raises(mc.MechaError, match=r"but these fit no layer of sd1: tensor .*hada_w1_a, .*LoHa, LoKr, DoRA "
-                                            r"and Tucker \(lora_mid\) layers are not supported"):
+    path = write_model({f"{module}.oft_blocks": torch.zeros(2, 4, 4), f"{module}.alpha": torch.tensor(2.0)},
+                       tmp_path / "oft.safetensors")
+    with pytest.raises(mc.MechaError, match=r"these fit no layer of sd1: tensor .*oft_blocks .*unsupported: OFT, BOFT, "
+                                            r"GLoRA and IA3 layers"):
         detect(plugins, path)

@@ -60,15 +60,15 @@ def test_a_diffusers_named_sd3_lora_lands_on_the_reference_layout(plugins, tmp_p
         torch.testing.assert_close(tensor, model[key] + expected.get(key, 0), msg=lambda m, key=key: f"{key}: {m}")
 
 
-def test_sdxl_loras_with_diffusers_unet_names_and_peft_text_encoders(plugins, tmp_path):
+@pytest.mark.parametrize("layers", [
+    {"lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn2_to_k":  # kohya, diffusers UNet names
+     ROOT + "input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight"},
+    {"unet.up_blocks.0.resnets.2.conv_shortcut": ROOT + "output_blocks.2.0.skip_connection.weight",  # PEFT
+     "text_encoder_2.text_model.encoder.layers.5.mlp.fc2":
+         "conditioner.embedders.1.model.transformer.resblocks.5.mlp.c_proj.weight"},
+], ids=["kohya-diffusers-unet", "peft"])
+def test_sdxl_loras_with_diffusers_unet_names_and_peft_text_encoders(plugins, tmp_path, layers):
     model = tiny_model("sdxl", seed=1)
-    layers = {
-        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn2_to_k":
-            ROOT + "input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight",
-        "unet.up_blocks.0.resnets.2.conv_shortcut": ROOT + "output_blocks.2.0.skip_connection.weight",
-        "text_encoder_2.text_model.encoder.layers.5.mlp.fc2":
-            "conditioner.embedders.1.model.transformer.resblocks.5.mlp.c_proj.weight",
-    }
     lora, expected = {}, {}
     for seed, (name, key) in enumerate(layers.items()):
         weight = model[key]
@@ -78,7 +78,9 @@ def test_sdxl_loras_with_diffusers_unet_names_and_peft_text_encoders(plugins, tm
         lora[f"{name}.lora_A.weight"], lora[f"{name}.lora_B.weight"] = down, up
         lora[f"{name}.alpha"] = torch.tensor(1.0)
         expected[key] = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape) / 2
-    merged = bake(model, lora, tmp_path)
+    model_path = write_model(model, tmp_path / "model.safetensors")
+    lora_path = mc.model(write_model(lora, tmp_path / "lora.safetensors"), type="lora", arch="sdxl")
+    merged = mc.merge(mc.add_difference(model_path, lora_path, alpha=1.0), save_dtype=torch.float32)
     for key, tensor in merged.items():
         torch.testing.assert_close(tensor, model[key] + expected.get(key, 0), msg=lambda m, key=key: f"{key}: {m}")
 

@@ -43,3 +43,20 @@ def test_a_plain_lora_leaves_out_the_kxk_convolutions_a_locon_trains(plugins):
     kxk = {name for name, down in locon.items() if len(down) == 4 and down[2:] != (1, 1)}
     assert kxk and all(down[2:] == (3, 3) for name, down in locon.items() if name in kxk)
     assert plain == {name: down for name, down in locon.items() if name not in kxk}
+
+
+@pytest.mark.parametrize("algo, parts", [("loha", {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}),
+                                         ("lokr", {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"})])
+def test_a_random_lycoris_file_has_a_module_per_lora_layer_and_bakes(plugins, tmp_path, algo, parts):
+    import mecha_core as mc
+    from mecha_core.testing import tiny_model, write_model
+    architecture = plugins.architectures.get("sd1")
+    path = write_random_lora(tmp_path / f"{algo}.safetensors", architecture, rank=2, tiny=True, algo=algo)
+    with SafetensorsFile(path) as file:
+        names = set(file.tensors)
+    assert {name.split(".")[0] for name in names} == {name for name, _, _ in lora_layout(architecture, 2, tiny=True)}
+    assert {name.split(".")[1] for name in names} <= parts
+    model = write_model(tiny_model("sd1", seed=1), tmp_path / "model.safetensors")
+    baked = mc.merge(mc.add_difference(model, path), save_dtype=torch.float32)
+    base = mc.merge(mc.model(model), save_dtype=torch.float32)
+    assert sum(not torch.equal(baked[key], base[key]) for key in base) == len(lora_names(architecture).trained)

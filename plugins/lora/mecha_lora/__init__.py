@@ -20,10 +20,14 @@ LORA = ModelType(
     name="lora",
     space=MergeSpace.DELTA,
     open=LoraSource,
-    summary="a LoRA/LoCon (kohya, PEFT, diffusers) read as the deltas it adds to a checkpoint; --as-lora RANK saves one",
+    summary="a LoRA, LoCon, LoHa, LoKr, full or DoRA (kohya, LyCORIS, diffusers/PEFT names) read as what it adds "
+            "to a checkpoint; --as-lora RANK saves one",
     detect=detect,
     encoder=LoraEncoder,
     save_option="rank",
+    save_extras=(("format", "kohya (default) or peft: the names written"),
+                 ("algo", "lora (default) or lokr: the modules written"),
+                 ("factor", "LoKr's factor, -1 (default: the most balanced split) or a positive number")),
 )
 
 

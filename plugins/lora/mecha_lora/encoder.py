@@ -1,10 +1,16 @@
-"""Saving a delta-space merge result as a kohya LoRA: a truncated SVD of each layer's delta.
+"""Saving a delta-space merge result as a LoRA: a truncated SVD of each layer's delta (or a LoKr).
 
 For a layer's delta D (a conv weight flattened to ``(out, in * k * k)``), the best rank-r approximation
 is U_r S_r V_r^T (Eckart-Young); ``up = U_r sqrt(S_r)`` and ``down = sqrt(S_r) V_r^T`` split the
 singular values evenly so that neither factor under- or overflows in fp16. ``alpha`` is the module's
 rank, so loaders scale by 1. A conv layer becomes a LoCon module (``down`` k x k, ``up`` 1 x 1); a fused
 q/k/v projection is cut into its three row blocks, one module each, as kohya names them.
+
+With ``format="peft"`` the modules get the diffusers/PEFT names of the architecture (``unet.``,
+``text_encoder.``, ``transformer.`` + the diffusers path, ``lora_A``/``lora_B``, no alpha: PEFT keeps it
+in its adapter config, and scale 1 needs none). With ``algo="lokr"`` each module is the Kronecker product
+``kron(w1, w2)`` nearest the delta, its sides split by LyCORIS's factorization (``factor``), ``w2`` cut
+to the rank when LyCORIS would store it low-rank.
 
 Only conv and linear layers have a LoRA form: biases, norms, embeddings (token, position, T5's relative
 attention bias, SD3's ``pos_embed``), ``logit_scale`` and OpenCLIP's ``text_projection`` are left out.
@@ -54,8 +60,45 @@ def rank_option(value: Any) -> int:
     return int(text)
 
 
+FORMATS, ALGORITHMS = ("kohya", "peft"), ("lora", "lokr")
+
+
+def choice(options: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    """A save option that is one of `allowed` (the first by default)."""
+    value = str(options.get(name) or allowed[0]).strip().lower()
+    if value not in allowed:
+        raise MechaError(f"saving as a LoRA: {name} {options.get(name)!r} is not one of {', '.join(allowed)} "
+                         f"(--lora-{name} {allowed[-1]}, or save_options={{'{name}': '{allowed[-1]}'}})")
+    return value
+
+
+def factor_option(value: Any) -> int:
+    """The LoKr ``factor`` save option: -1 (the most balanced split, the default) or a positive int."""
+    text = "-1" if value is None else str(value).strip()
+    if isinstance(value, bool) or not text.lstrip("-").isdigit() or (int(text) < 1 and int(text) != -1):
+        raise MechaError(f"saving as a LoKr: factor {value!r} is not -1 or a positive whole number (--lora-factor 8)")
+    return int(text)
+
+
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """(m, n), m <= n, m * n = dimension: LyCORIS's split of a dimension between LoKr's two factors.
+    ``factor`` > 0 dividing `dimension` gives (factor, dimension / factor) in order; otherwise the
+    divisor pair with the smallest sum whose smaller member is at most ``factor`` (-1: any)."""
+    if factor > 0 and dimension % factor == 0:
+        return tuple(sorted((factor, dimension // factor)))  # type: ignore[return-value]
+    limit = dimension if factor < 0 else factor
+    best = (1, dimension)
+    for m in range(2, math.isqrt(dimension) + 1):
+        if dimension % m == 0:
+            if m > limit or m + dimension // m > sum(best):
+                break
+            best = (m, dimension // m)
+    return best
+
+
 class LoraEncoder:
-    """A :class:`mecha_core.OutputEncoder` writing each layer's delta as a kohya LoRA module."""
+    """A :class:`mecha_core.OutputEncoder` writing each layer's delta as a LoRA module: kohya names (or
+    diffusers/PEFT names, ``format="peft"``), a truncated SVD (or a LoKr, ``algo="lokr"``)."""
 
     def __init__(self, architecture: Architecture, options: Mapping[str, Any]) -> None:
         names = lora_names(architecture)
@@ -64,52 +107,112 @@ class LoraEncoder:
                              f"target")
         self.rank = rank_option(options.get("rank"))
         self.dtype = str(options.get("save_dtype") or "float16")
-        self.names = names.kohya
-        self.metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.rank),
-                         "ss_network_alpha": str(self.rank),
-                         "ss_network_args": json.dumps({"conv_dim": str(self.rank), "conv_alpha": str(self.rank)}),
-                         **lora_file_metadata(architecture, options.get("title"))}
+        self.format = choice(options, "format", FORMATS)
+        self.algo = choice(options, "algo", ALGORITHMS)
+        self.factor = factor_option(options.get("factor"))
+        if self.format == "peft" and self.algo != "lora":
+            raise MechaError("saving as a LoRA: --lora-format peft writes LoRA modules (lora_A/lora_B); a LoKr is "
+                             "written with kohya's names")
+        if self.format == "peft":
+            self.names = dict(names.peft)
+            self.metadata: dict[str, str] = lora_file_metadata(architecture, options.get("title"))
+        else:
+            self.names = {key: (modules, False) for key, modules in names.kohya.items()}
+            args = {"conv_dim": str(self.rank), "conv_alpha": str(self.rank)}
+            if self.algo == "lokr":
+                args.update(algo="lokr", factor=str(self.factor))
+            self.metadata = {"ss_network_module": "lycoris.kohya" if self.algo == "lokr" else "networks.lora",
+                             "ss_network_dim": str(self.rank), "ss_network_alpha": str(self.rank),
+                             "ss_network_args": json.dumps(args),
+                             **lora_file_metadata(architecture, options.get("title"))}
 
-    def _modules(self, key: str, shape: tuple[int, ...]) -> tuple[tuple[str, ...], int, int] | None:
-        """The key's module names, the rows of each and the rank they get; None when no LoRA expresses it."""
-        names = self.names.get(key)
-        if names is None or len(shape) not in (2, 4) or shape[0] % len(names):
+    def _modules(self, key: str, shape: tuple[int, ...]) -> tuple[tuple[str, ...], int, bool] | None:
+        """The key's module names, the rows of each, and whether its row halves are swapped in them;
+        None when no LoRA expresses it."""
+        found = self.names.get(key)
+        if found is None or len(shape) not in (2, 4) or shape[0] % len(found[0]):
             return None
-        rows = shape[0] // len(names)
-        return names, rows, min(self.rank, rows, math.prod(shape[1:]))
+        return found[0], shape[0] // len(found[0]), found[1]
 
     def layout(self, key: str, shape: tuple[int, ...]) -> Layout:
         found = self._modules(key, shape)
         if found is None:
             return []
-        names, rows, rank = found
-        conv = len(shape) == 4
-        down = (rank, *shape[1:]) if conv else (rank, shape[1])
-        up = (rows, rank, 1, 1) if conv else (rows, rank)
+        names, rows, _ = found
         layout: Layout = []
         for name in names:
-            layout += [(f"{name}.lora_down.weight", down, self.dtype), (f"{name}.lora_up.weight", up, self.dtype),
-                       (f"{name}.alpha", (), "float32")]
+            layout += [(f"{name}.{part}", tensor_shape, dtype) for part, tensor_shape, dtype in self._parts(rows, shape)]
         return layout
+
+    def _parts(self, rows: int, shape: tuple[int, ...]) -> Layout:
+        """(part, shape, dtype) of one module of `rows` rows of a layer of `shape`."""
+        kernel = tuple(shape[2:])
+        if self.algo == "lokr":
+            (a, b), (c, d) = factorization(rows, self.factor), factorization(shape[1], self.factor)
+            parts: Layout = [("lokr_w1", (a, c), self.dtype)]
+            rank = self._lokr_rank(b, d, math.prod(kernel))
+            if rank is None:
+                return parts + [("lokr_w2", (b, d, *kernel), self.dtype)]
+            return parts + [("lokr_w2_a", (b, rank), self.dtype), ("lokr_w2_b", (rank, d * math.prod(kernel)), self.dtype),
+                            ("alpha", (), "float32")]
+        rank = min(self.rank, rows, math.prod(shape[1:]))
+        down, up = (rank, *shape[1:]), ((rows, rank, 1, 1) if kernel else (rows, rank))
+        if self.format == "peft":  # PEFT keeps alpha in its adapter config: alpha = rank, scale 1
+            return [("lora_A.weight", down, self.dtype), ("lora_B.weight", up, self.dtype)]
+        return [("lora_down.weight", down, self.dtype), ("lora_up.weight", up, self.dtype), ("alpha", (), "float32")]
+
+    def _lokr_rank(self, b: int, d: int, kernel: int) -> int | None:
+        """The rank of LoKr's second factor, None when it is stored whole: as LyCORIS decides, whole when
+        the rank is at least half its larger side."""
+        return None if self.rank >= max(b, d) / 2 else min(self.rank, b, d * kernel)
 
     def encode(self, key: str, tensor: Any) -> list[Any]:
         import torch
         found = self._modules(key, tuple(tensor.shape))
         if found is None:
             return []
-        names, rows, rank = found
+        names, rows, swap = found
         wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
         matrix = tensor.to(wide).reshape(tensor.shape[0], -1)
+        if swap:  # the names' layer holds the key's two row halves in the other order
+            matrix = torch.roll(matrix, -(tensor.shape[0] // 2), 0)
         tensors = []
         for block in range(len(names)):
-            u, s, vh = _svd(key, matrix[block * rows:(block + 1) * rows])
-            root = s[:rank].sqrt()
-            down = (root[:, None] * vh[:rank]).reshape(rank, *tensor.shape[1:])
-            up = u[:, :rank] * root
-            if tensor.dim() == 4:
-                up = up.reshape(rows, rank, 1, 1)
-            tensors += [down, up, torch.tensor(float(rank))]
+            part = matrix[block * rows:(block + 1) * rows]
+            tensors += self._lokr(key, part, tensor.shape) if self.algo == "lokr" else self._lora(key, part, tensor.shape)
         return tensors
+
+    def _lora(self, key: str, matrix: Any, shape: tuple[int, ...]) -> list[Any]:
+        import torch
+        rows = matrix.shape[0]
+        rank = min(self.rank, rows, matrix.shape[1])
+        u, s, vh = _svd(key, matrix)
+        root = s[:rank].sqrt()
+        down = (root[:, None] * vh[:rank]).reshape(rank, *shape[1:])
+        up = u[:, :rank] * root
+        if len(shape) == 4:
+            up = up.reshape(rows, rank, 1, 1)
+        if self.format == "peft":
+            return [down, up]
+        return [down, up, torch.tensor(float(rank))]
+
+    def _lokr(self, key: str, matrix: Any, shape: tuple[int, ...]) -> list[Any]:
+        """The Kronecker product nearest the block (Van Loan and Pitsianis): the block rearranged so that
+        ``kron(w1, w2)`` becomes the outer product of w1 and w2 flattened, whose best rank-1
+        approximation gives both; w2 then cut to the rank by SVD when LyCORIS would store it so."""
+        import torch
+        kernel = math.prod(shape[2:])
+        (a, b), (c, d) = factorization(matrix.shape[0], self.factor), factorization(shape[1], self.factor)
+        rearranged = matrix.reshape(a, b, c, d * kernel).permute(0, 2, 1, 3).reshape(a * c, b * d * kernel)
+        u, s, vh = _svd(key, rearranged)
+        root = s[0].sqrt()
+        w1, w2 = (u[:, 0] * root).reshape(a, c), (vh[0] * root).reshape(b, d * kernel)
+        rank = self._lokr_rank(b, d, kernel)
+        if rank is None:
+            return [w1, w2.reshape(b, d, *shape[2:])]
+        u2, s2, vh2 = _svd(key, w2)
+        root2 = s2[:rank].sqrt()
+        return [w1, u2[:, :rank] * root2, root2[:, None] * vh2[:rank], torch.tensor(float(rank))]
 
 
 def _svd(key: str, matrix: Any) -> tuple[Any, Any, Any]:

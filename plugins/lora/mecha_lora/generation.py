@@ -76,21 +76,59 @@ def random_lora(architecture: Architecture, *, rank: int = 4, seed: int = 0, tin
             for name, tensor in _module(*module, seed, dtype or torch.float32)}
 
 
+def _lycoris_shapes(algo: str, down: Shape, up: Shape) -> list[tuple[str, Shape, float]]:
+    """(part, shape, standard deviation) of the LoHa or LoKr module of the layer a LoRA module of shapes
+    `down`/`up` targets: LoHa two rank-r products; LoKr LyCORIS's default layout (``factor`` -1, ``w1``
+    whole, ``w2`` whole or of rank r as LyCORIS decides). The delta's entries are small next to a weight's."""
+    from .encoder import factorization
+    rank, rows, fan_in = down[0], up[0], math.prod(down[1:])
+    if algo == "loha":
+        return [(f"hada_{side}_{part}", shape, std) for side in ("w1", "w2")
+                for part, shape, std in (("a", (rows, rank), 0.3 / math.sqrt(rank)), ("b", (rank, fan_in), fan_in ** -0.5))]
+    kernel = tuple(down[2:])
+    (a, b), (c, d) = factorization(rows, -1), factorization(down[1], -1)
+    spread = (fan_in / c) ** -0.5
+    if rank >= max(b, d) / 2:
+        return [("lokr_w1", (a, c), 0.1), ("lokr_w2", (b, d, *kernel), 0.3 * spread)]
+    return [("lokr_w1", (a, c), 0.1), ("lokr_w2_a", (b, rank), 0.3 / math.sqrt(rank)),
+            ("lokr_w2_b", (rank, d * math.prod(kernel)), spread)]
+
+
+def _lycoris_module(algo: str, name: str, down: Shape, up: Shape, seed: int, dtype: Any) -> Iterator[tuple[str, Any]]:
+    """One LoHa or LoKr module's tensors (:func:`_lycoris_shapes`), alpha = rank: scale 1."""
+    import torch
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{algo}:{name}".encode()))
+    for part, shape, std in _lycoris_shapes(algo, down, up):
+        yield f"{name}.{part}", torch.randn(shape, generator=generator).mul_(std).to(dtype)
+    yield f"{name}.alpha", torch.tensor(float(down[0]), dtype=dtype)
+
+
 def write_random_lora(path: str | os.PathLike[str], architecture: Architecture, rank: int = 32, seed: int = 0,
-                      tiny: bool = False, *, dtype: Any = None, conv: bool = True) -> Path:
+                      tiny: bool = False, *, dtype: Any = None, conv: bool = True, algo: str = "lora") -> Path:
     """Write a random LoRA (float16 unless `dtype`) one module at a time, in constant memory, atomically;
-    `conv` as for :func:`lora_layout`."""
+    `conv` as for :func:`lora_layout`; `algo` ``"loha"`` or ``"lokr"`` writes LyCORIS modules instead."""
     import torch
     from mecha_core import OutputFile
     dtype = dtype or torch.float16
     dtype_name = str(dtype).removeprefix("torch.")
     layout = lora_layout(architecture, rank, tiny=tiny, conv=conv)
-    entries = [entry for name, down, up in layout for entry in
-               ((f"{name}.lora_down.weight", dtype_name, down), (f"{name}.lora_up.weight", dtype_name, up),
-                (f"{name}.alpha", dtype_name, ()))]
-    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2)}
+    if algo == "lora":
+        def module(entry: tuple[str, Shape, Shape]) -> Iterator[tuple[str, Any]]:
+            return _module(*entry, seed, dtype)
+        parts = [[("lora_down.weight", down), ("lora_up.weight", up), ("alpha", ())] for _, down, up in layout]
+    elif algo in ("loha", "lokr"):
+        def module(entry: tuple[str, Shape, Shape]) -> Iterator[tuple[str, Any]]:
+            return _lycoris_module(algo, *entry, seed, dtype)
+        parts = [[(part, shape) for part, shape, _ in _lycoris_shapes(algo, down, up)] + [("alpha", ())]
+                 for _, down, up in layout]
+    else:
+        raise MechaError(f"random LoRA algorithm {algo!r}: expected lora, loha or lokr")
+    entries = [(f"{name}.{part}", dtype_name, shape) for (name, _, _), shapes in zip(layout, parts)
+               for part, shape in shapes]
+    metadata = {"ss_network_module": "networks.lora" if algo == "lora" else "lycoris.kohya",
+                "ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2 if algo == "lora" else rank)}
     with OutputFile(path, entries, metadata) as out:
-        for module in layout:
-            for name, tensor in _module(*module, seed, dtype):
+        for entry in layout:
+            for name, tensor in module(entry):
                 out.write(name, tensor.contiguous())
         return out.commit()

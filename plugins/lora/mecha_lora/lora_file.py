@@ -1,9 +1,17 @@
-"""A LoRA file's tensors grouped into modules: each module's ``down``, ``up`` and optional ``alpha``.
+"""A LoRA file's tensors grouped into modules: each module's parts, by the names trainers give them.
 
-The tensor name is the module name plus a suffix that says which part it is, in one of the spellings
-trainers use: kohya (``.lora_down.weight``, ``.lora_up.weight``, ``.alpha``), PEFT (``.lora_A.weight``,
-``.lora_B.weight``), older diffusers (``.lora.down.weight``) and transformers text-encoder LoRAs
-(``.lora_linear_layer.down.weight``). Only the header is read here.
+The tensor name is the module name plus a suffix that says which part it is:
+
+- LoRA/LoCon: kohya (``.lora_down.weight``, ``.lora_up.weight``, LyCORIS's CP core ``.lora_mid.weight``),
+  PEFT (``.lora_A.weight``, ``.lora_B.weight``), older diffusers (``.lora.down.weight``, and
+  ``.to_q_lora.down.weight`` of its attention processors) and transformers text-encoder LoRAs
+  (``.lora_linear_layer.down.weight``);
+- LyCORIS: LoHa (``.hada_w1_a`` ... ``.hada_t2``), LoKr (``.lokr_w1``, ``.lokr_w1_a`` ... ``.lokr_t2``),
+  full (``.diff``, ``.diff_b``);
+- every algorithm: ``.alpha``, and DoRA's magnitude, ``.dora_scale`` (LyCORIS, kohya) or PEFT's
+  ``.lora_magnitude_vector``.
+
+Only the header is read here.
 """
 
 from __future__ import annotations
@@ -11,17 +19,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-DOWN, UP, ALPHA = "down", "up", "alpha"
+LORA_DOWN, LORA_UP, LORA_MID, ALPHA, DORA_SCALE = "lora_down", "lora_up", "lora_mid", "alpha", "dora_scale"
+DIFF, DIFF_B = "diff", "diff_b"
+HADA = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"})
+HADA_CP = frozenset({"hada_t1", "hada_t2"})
+LOKR = frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"})
 _SUFFIXES = (
-    (".lora_down.weight", DOWN), (".lora_up.weight", UP), (".alpha", ALPHA),
-    (".lora_A.weight", DOWN), (".lora_B.weight", UP),
-    (".lora.down.weight", DOWN), (".lora.up.weight", UP),
-    (".lora_linear_layer.down.weight", DOWN), (".lora_linear_layer.up.weight", UP),
+    (".lora_down.weight", LORA_DOWN), (".lora_up.weight", LORA_UP), (".lora_mid.weight", LORA_MID),
+    (".lora_A.weight", LORA_DOWN), (".lora_B.weight", LORA_UP),
+    (".lora.down.weight", LORA_DOWN), (".lora.up.weight", LORA_UP),
+    (".lora_linear_layer.down.weight", LORA_DOWN), (".lora_linear_layer.up.weight", LORA_UP),
+    ("_lora.down.weight", LORA_DOWN), ("_lora.up.weight", LORA_UP),
+    (".lora_magnitude_vector.weight", DORA_SCALE), (".lora_magnitude_vector", DORA_SCALE),
+    (".alpha", ALPHA), (".dora_scale", DORA_SCALE), (".diff_b", DIFF_B), (".diff", DIFF),
+    *((f".{part}", part) for part in sorted(HADA | HADA_CP | LOKR)),
 )
-# Parts of LyCORIS variants that are not a plain low-rank product; they mark a LoRA-family file whose
-# tensors are then reported as unsupported rather than taken for a checkpoint.
-UNSUPPORTED_MARKERS = (".hada_w1_a", ".hada_w2_a", ".lokr_w1", ".lokr_w2", ".lora_mid.weight", ".dora_scale")
-UNSUPPORTED_NOTE = "LoHa, LoKr, DoRA and Tucker (lora_mid) layers are not supported, only plain LoRA/LoCon"
+# Parts of LyCORIS algorithms mecha does not compose (OFT, BOFT, GLoRA, IA3): they mark a LoRA-family
+# file whose tensors are then reported as unsupported rather than taken for a checkpoint.
+UNSUPPORTED_MARKERS = (".oft_blocks", ".oft_diag", ".boft_", ".a1.weight", ".b1.weight", ".on_input")
+UNSUPPORTED_NOTE = ("unsupported: OFT, BOFT, GLoRA and IA3 layers; mecha reads LoRA/LoCon, LoHa, LoKr, full "
+                    "(diff) and DoRA")
 
 
 @dataclasses.dataclass
@@ -29,7 +46,7 @@ class Module:
     """One LoRA module: the names of its tensors in the file."""
 
     name: str
-    parts: dict[str, str] = dataclasses.field(default_factory=dict)  # DOWN/UP/ALPHA -> tensor name
+    parts: dict[str, str] = dataclasses.field(default_factory=dict)  # part (LORA_DOWN, "hada_w1_a"...) -> tensor
 
 
 @dataclasses.dataclass
@@ -52,7 +69,8 @@ def is_lora(tensors: Iterable[str]) -> bool:
     LyCORIS part), checked without grouping: detection asks this of every model file."""
     for tensor in tensors:
         split = _split(tensor)
-        if (split is not None and split[1] != ALPHA) or any(marker in tensor for marker in UNSUPPORTED_MARKERS):
+        if (split is not None and split[1] not in (ALPHA, DORA_SCALE)) or \
+                any(marker in tensor for marker in UNSUPPORTED_MARKERS):
             return True
     return False
 

@@ -7,7 +7,8 @@ For an architecture, every conv/linear layer a LoRA can express gets:
   names for SD3's MMDiT, Hugging Face names for text encoders (so the fused ``in_proj_weight`` of
   OpenCLIP is three modules, q, k and v);
 - the other spellings it is read under: the other UNet naming, ``unet.``/``text_encoder.`` +
-  diffusers/Hugging Face paths (diffusers and PEFT files), and for SD3 ``transformer.``,
+  diffusers/Hugging Face paths (diffusers and PEFT files), ``lycoris_`` + the underscored diffusers
+  UNet/MMDiT path (LyCORIS's own wrapper, as SimpleTuner writes), and for SD3 ``transformer.``,
   ``base_model.model.`` and ``lora_transformer_`` + diffusers MMDiT paths (diffusers, PEFT, OneTrainer).
 
 Text encoders are numbered in the architecture's component order: ``lora_te_`` when there is one,
@@ -35,7 +36,33 @@ SGM_NAMED_UNETS = frozenset({"sdxl"})
 _OPEN_CLIP_LAYERS = {"attn.in_proj_weight": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                      "attn.out_proj.weight": ("self_attn.out_proj",), "mlp.c_fc.weight": ("mlp.fc1",),
                      "mlp.c_proj.weight": ("mlp.fc2",)}
+_DIFFUSERS_ATTENTION = {"q_proj": ("to_q",), "k_proj": ("to_k",), "v_proj": ("to_v",), "out_proj": ("to_out", "to_out.0")}
+_ATTENTION_PROCESSOR = re.compile(r"^(.*\.attn\d)\.(to_q|to_k|to_v|to_out)(?:\.0)?$")
 _RESBLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
+
+
+# The naming conventions a module name can be in, by its prefix. kohya-style names (kohya's sd-scripts,
+# OneTrainer's ``lora_transformer_``) underscore the module path; LyCORIS's own wrapper (SimpleTuner)
+# prefixes ``lycoris_`` to the underscored diffusers path; diffusers and PEFT keep the dotted path.
+KOHYA, LYCORIS, DIFFUSERS = "kohya", "LyCORIS", "diffusers/PEFT"
+_CONVENTIONS = ((KOHYA, ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_transformer_")),
+                (LYCORIS, ("lycoris_",)),
+                (DIFFUSERS, ("unet.", "text_encoder.", "text_encoder_2.", "transformer.", "base_model.model.")))
+
+
+def convention(module: str) -> str | None:
+    """The naming convention of a module name; None for a name in none of them."""
+    return next((name for name, prefixes in _CONVENTIONS if module.startswith(prefixes)), None)
+
+
+def conventions(modules: Iterable[str]) -> dict[str, list[str]]:
+    """Convention -> the module names in it (sorted), for the names in one."""
+    found: dict[str, list[str]] = {}
+    for module in sorted(modules):
+        name = convention(module)
+        if name is not None:
+            found.setdefault(name, []).append(module)
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +81,9 @@ class LoraNames:
     """The LoRA names of one architecture.
 
     ``targets``: every module name read, under any naming, with where it goes. ``kohya``: for every
-    key a LoRA can express, the kohya module names mecha writes for it (one per row block).
+    key a LoRA can express, the kohya module names mecha writes for it (one per row block). ``peft``:
+    the diffusers/PEFT names mecha writes (``--lora-format peft``) for the keys that have them, and
+    whether the key's row halves are swapped in them.
     ``trained``: the keys of the layers kohya's LoRA network trains (with conv layers, as LoCon).
     """
 
@@ -62,6 +91,7 @@ class LoraNames:
     targets: dict[str, Target]
     kohya: dict[str, tuple[str, ...]]
     trained: tuple[str, ...]
+    peft: dict[str, tuple[tuple[str, ...], bool]]
 
     def nearest(self, name: str) -> str | None:
         """The accepted module name closest to `name`, for error messages."""
@@ -75,9 +105,13 @@ class _Builder:
         self.targets: dict[str, Target] = {}
         self.kohya: dict[str, tuple[str, ...]] = {}
         self.trained: list[str] = []
+        self.peft: dict[str, tuple[tuple[str, ...], bool]] = {}
 
-    def layer(self, key: str, kohya: tuple[str, ...], others: Iterable[tuple[str, Target]], trained: bool) -> None:
+    def layer(self, key: str, kohya: tuple[str, ...], others: Iterable[tuple[str, Target]], trained: bool,
+              peft: tuple[str, ...] = (), swap: bool = False) -> None:
         self.kohya[key] = kohya
+        if peft:
+            self.peft[key] = (peft, swap)
         for part, name in enumerate(kohya):
             self._add(name, Target(key, part, len(kohya)))
         for name, target in others:
@@ -107,7 +141,7 @@ def lora_names(architecture: Architecture) -> LoraNames | None:
             _unet(builder, net, sgm_named=architecture.name in SGM_NAMED_UNETS)
         elif net.kind == MMDIT:
             _mmdit(builder, net)
-    return LoraNames(architecture.name, builder.targets, builder.kohya, tuple(builder.trained))
+    return LoraNames(architecture.name, builder.targets, builder.kohya, tuple(builder.trained), builder.peft)
 
 
 def _underscored(path: str) -> str:
@@ -118,8 +152,19 @@ def _text_encoder(builder: _Builder, net: Network, index: int, count: int) -> No
     kohya_prefix = "lora_te_" if count == 1 else f"lora_te{index + 1}_"
     peft_prefix = "text_encoder." if index == 0 else f"text_encoder_{index + 1}."
     for spec, paths, trained in _text_layers(net):
-        others = [(peft_prefix + path, Target(spec.name, part, len(paths))) for part, path in enumerate(paths)]
-        builder.layer(spec.name, tuple(kohya_prefix + _underscored(p) for p in paths), others, trained)
+        others = [(peft_prefix + name, Target(spec.name, part, len(paths)))
+                  for part, path in enumerate(paths) for name in (path, *_diffusers_attention(path))]
+        builder.layer(spec.name, tuple(kohya_prefix + _underscored(p) for p in paths), others, trained,
+                      tuple(peft_prefix + path for path in paths))
+
+
+def _diffusers_attention(path: str) -> tuple[str, ...]:
+    """The names diffusers gives a CLIP attention projection in its older LoRAs (attention processors:
+    ``self_attn.to_q_lora``) and their PEFT conversion (``self_attn.to_q``, ``self_attn.to_out.0``)."""
+    head, _, layer = path.rpartition(".")
+    if not head.endswith("self_attn") or layer not in _DIFFUSERS_ATTENTION:
+        return ()
+    return tuple(f"{head}.{name}" for name in _DIFFUSERS_ATTENTION[layer])
 
 
 def _text_layers(net: Network) -> Iterator[tuple[KeySpec, tuple[str, ...], bool]]:
@@ -157,11 +202,16 @@ def _unet(builder: _Builder, net: Network, *, sgm_named: bool) -> None:
         sgm = "lora_unet_" + _underscored(path)
         names = [sgm]
         if path in diffusers:
-            names += ["lora_unet_" + _underscored(diffusers[path]), "unet." + diffusers[path]]
+            names += ["lora_unet_" + _underscored(diffusers[path]), "unet." + diffusers[path],
+                      "lycoris_" + _underscored(diffusers[path])]
+            processor = _ATTENTION_PROCESSOR.match(diffusers[path])
+            if processor:  # older diffusers LoRAs name an attention's processor (attn1.processor.to_q_lora)
+                names.append(f"unet.{processor.group(1)}.processor.{processor.group(2)}")
         kohya = sgm if sgm_named or path not in diffusers else names[1]
         trained = path.startswith(("input_blocks.", "middle_block.", "output_blocks.")) and \
             not path.startswith("input_blocks.0.")  # conv_in is not part of kohya's LoRA network
-        builder.layer(spec.name, (kohya,), [(n, Target(spec.name)) for n in names if n != kohya], trained)
+        peft = ("unet." + diffusers[path],) if path in diffusers else ()
+        builder.layer(spec.name, (kohya,), [(n, Target(spec.name)) for n in names if n != kohya], trained, peft)
 
 
 def _mmdit(builder: _Builder, net: Network) -> None:
@@ -173,5 +223,6 @@ def _mmdit(builder: _Builder, net: Network) -> None:
         for part, name in enumerate(paths):
             target = Target(spec.name, part, len(paths), swap)
             others += [(f"transformer.{name}", target), (f"base_model.model.{name}", target),
-                       (f"lora_transformer_{_underscored(name)}", target)]
-        builder.layer(spec.name, ("lora_unet_" + _underscored(path),), others, path.startswith("joint_blocks."))
+                       (f"lora_transformer_{_underscored(name)}", target), (f"lycoris_{_underscored(name)}", target)]
+        builder.layer(spec.name, ("lora_unet_" + _underscored(path),), others, path.startswith("joint_blocks."),
+                      tuple(f"transformer.{name}" for name in paths), swap)

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 
 from mecha_core import Architecture, MechaError, TensorFile, TensorInfo
 
-from .lora_file import DOWN, UNSUPPORTED_MARKERS, UNSUPPORTED_NOTE, UP, Grouped, Module, group, is_lora
-from .naming import LoraNames, Target, lora_names
+from .algorithms import check
+from .lora_file import UNSUPPORTED_MARKERS, UNSUPPORTED_NOTE, Grouped, Module, group, is_lora
+from .naming import LoraNames, Target, conventions, lora_names
 
 SHOWN = 10  # names listed in an error message
 
@@ -42,6 +43,7 @@ def detect(file: TensorFile, architectures: Mapping[str, Architecture]) -> str |
         raise MechaError(f"{file.label}: a LoRA whose layers fit several architectures ({found}); say which: "
                          f'model("{file.label}", type="lora", arch="...") or model "..." type="lora" arch="..."')
     unplaced(file.label, grouped, winners[0])
+    one_convention(file.label, grouped)
     return winners[0].architecture
 
 
@@ -49,14 +51,17 @@ def _shape_fits(tensors: Mapping[str, TensorInfo], grouped: Grouped, names: Lora
                 architecture: Architecture) -> int:
     """How many placed modules have the shape of their layer in the architecture's (real-size) layout."""
     fits = 0
+    shapes = {name: tuple(info.shape) for name, info in tensors.items()}
     for module in grouped.modules.values():
         target = names.targets.get(module.name)
-        down, up = module.parts.get(DOWN), module.parts.get(UP)
-        if target is None or down is None or up is None:
+        if target is None:
+            continue
+        try:
+            found = check(module, shapes, lambda: None)
+        except MechaError:
             continue
         spec = architecture.key_specs[target.key].shape
-        if tensors[up].shape[:1] == (spec[0] // target.parts,) and \
-                math.prod(tensors[down].shape[1:]) == math.prod(spec[1:]):
+        if (found.rows, found.columns) == (spec[0] // target.parts, math.prod(spec[1:])):
             fits += 1
     return fits
 
@@ -77,6 +82,17 @@ def unplaced(label: str, grouped: Grouped, names: LoraNames) -> None:
                      f"but these fit no layer of {names.architecture}: {_shown(listed)}{hint}")
 
 
+def one_convention(label: str, grouped: Grouped) -> None:
+    """Raise when the file names its modules in several conventions (kohya's and PEFT's...): no trainer
+    writes such a file, and two modules may then stand for one layer."""
+    found = conventions(grouped.modules)
+    if len(found) > 1:
+        listed = "; ".join(f"{name}: {_shown(modules[:3])}" + (f" ({len(modules)} in all)" if len(modules) > 3 else "")
+                           for name, modules in found.items())
+        raise MechaError(f"{label}: a LoRA whose modules are named in several conventions ({listed}); a LoRA file "
+                         f"holds one naming, so this one was put together from several files")
+
+
 def _unsupported(tensors: list[str]) -> bool:
     return any(marker in tensor for tensor in tensors for marker in UNSUPPORTED_MARKERS)
 
@@ -92,6 +108,7 @@ def place(file: TensorFile, architecture: Architecture) -> dict[str, list[tuple[
         raise MechaError(f"{file.label}: architecture {architecture.name!r} has no layer a LoRA can target")
     grouped = group(file.tensors)
     unplaced(file.label, grouped, names)
+    one_convention(file.label, grouped)
     pieces: dict[str, list[tuple[Module, Target]]] = {}
     for name, module in grouped.modules.items():
         target = names.targets[name]

@@ -1,17 +1,19 @@
 """A LoRA opened for an architecture: the checkpoint keys it targets, each key's delta composed on demand.
 
-A module's delta is ``up @ down * alpha / rank`` (rank: the rows of ``down``; no ``alpha``: scale 1).
-A conv module (LoCon) has a ``k x k`` ``down`` and a ``1 x 1`` ``up``: the product of ``up`` and
-``down`` flattened to ``(rank, in * k * k)`` is the conv weight's delta. A key made of row blocks (a fused
-q/k/v projection) is the modules of its blocks stacked, zero where a block has none. A delta is
-computed ROW_BLOCK rows per matmul when the scheduler asks for the key (or for a chunk of it: only the
-rows holding the chunk): composed in float32 and freed with it, or, for ``add_difference``, added
-straight into the merge's buffer. Shapes come from the LoRA's own factors, checked once when the file
-is opened.
+A module's delta follows its algorithm (:mod:`~mecha_lora.algorithms`: LoRA/LoCon, LoHa, LoKr, full).
+A key made of row blocks (a fused q/k/v projection) is the modules of its blocks stacked, zero where a
+block has none. A delta is computed ROW_BLOCK rows at a time when the scheduler asks for the key (or
+for a chunk of it: only the rows holding the chunk): composed in float32 and freed with it, or, for
+``add_difference``, added straight into the merge's buffer. Shapes come from the LoRA's own factors
+(a flat conv factor takes the layer's kernel), checked once when the file is opened.
+
+A DoRA module (``dora_scale``) changes its layer by a rule of the layer's weight (:mod:`~mecha_lora.dora`):
+it is only ever added into a model's weights, whole keys at a time, and reading it as a delta is refused.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import threading
@@ -20,8 +22,10 @@ from typing import Any
 
 from mecha_core import Architecture, MechaError, TensorFile, TensorInfo, dtypes
 
-from .lora_file import ALPHA, DOWN, UP, Module
-from .naming import Target
+from . import algorithms, dora
+from .algorithms import FULL, LORA, ModuleMath
+from .lora_file import ALPHA, DIFF, DIFF_B, Module
+from .naming import Target, conventions
 from .placement import place
 
 FLOAT32 = "F32"
@@ -29,40 +33,48 @@ ROW_BLOCK = 64  # rows of a product computed per matmul (see LoraSource._product
 
 
 @dataclasses.dataclass(frozen=True)
-class Factors:
-    """One module, checked: its tensors, scale, and the (rows, columns) of its flattened delta."""
-
-    down: str
-    up: str
-    scale: float
-    rank: int
-    rows: int
-    columns: int
-    kernel: tuple[int, ...]  # the conv kernel of ``down``, () for a linear module
-
-
-@dataclasses.dataclass(frozen=True)
 class DeltaPlan:
     """How one checkpoint key's delta is made: its shape, and the factors of each of its `parts` row blocks."""
 
     shape: tuple[int, ...]
-    pieces: tuple[tuple[Factors, int], ...]  # (factors, row block)
+    pieces: tuple[tuple[ModuleMath, int], ...]  # (module, row block)
     parts: int
     swap: bool
+
+    @property
+    def dora(self) -> ModuleMath | None:
+        """The first DoRA module of the key, if it has one."""
+        return next((module for module, _ in self.pieces if module.dora), None)
 
 
 class LoraSource:
     """A :class:`mecha_core.KeySource` over a LoRA file: the keys it targets and their composed deltas."""
 
-    # a flat range of a delta covers a few of its rows, and rows of ``up @ down`` are rows of ``up``
-    # times ``down``: a chunk costs its share of the product, so elementwise merges stream LoRAs too
-    supports_ranges = True
-
     def __init__(self, file: TensorFile, architecture: Architecture) -> None:
         self.file = file
         self.label = file.label
-        self._plans = {key: self._plan(key, pieces, architecture) for key, pieces in place(file, architecture).items()}
-        self._last_down = threading.local()  # the chunks of a key run on one thread, one after another
+        self._plans: dict[str, DeltaPlan] = {}
+        placed = place(file, architecture)
+        self.naming = ", ".join(conventions(module.name for pieces in placed.values() for module, _ in pieces))
+        for key, pieces in placed.items():
+            checked = [(self._module(module), target) for module, target in pieces]
+            weights = [(math_, target) for math_, target in checked if DIFF in math_.parts or math_.algorithm != FULL]
+            if weights:
+                self._plans[key] = self._plan(key, weights, architecture)
+            biases = [(algorithms.bias_math(math_), target) for math_, target in checked if DIFF_B in math_.parts]
+            if biases:
+                bias_key = _bias_key(key, architecture)
+                if bias_key is None:
+                    raise MechaError(f"{self.label}: LoRA module {biases[0][0].name!r} has a bias delta (diff_b), but "
+                                     f"its layer {key!r} has no bias")
+                self._plans[bias_key] = self._plan(bias_key, biases, architecture)
+        # a DoRA key is changed in whole rows and columns (its norms), so the file is read whole keys at a
+        # time; a chunk of a plain LoRA's delta costs its share of the product, so elementwise merges
+        # stream those in chunks
+        self.supports_ranges = not any(plan.dora for plan in self._plans.values())
+        # a DoRA changes a weight by a rule of that weight: the scheduler adds it only into weights
+        self.adds_to_weights = not self.supports_ranges
+        self._prepared = threading.local()  # the chunks of a key run on one thread, one after another
 
     def keys(self) -> Collection[str]:
         return self._plans.keys()
@@ -70,14 +82,24 @@ class LoraSource:
     def info(self, key: str) -> TensorInfo:
         return TensorInfo(FLOAT32, self._plans[key].shape)
 
+    def describe(self) -> dict[str, str]:
+        """What ``mecha inspect`` shows of the file: its naming, and how many modules of each algorithm
+        it holds (``LoKr x 12, LoRA+DoRA x 3``)."""
+        seen = {module.name: module for plan in self._plans.values() for module, _ in plan.pieces
+                if not module.name.endswith(" (bias)")}
+        counts = collections.Counter(module.algorithm + ("+DoRA" if module.dora else "") for module in seen.values())
+        return {"naming": self.naming, "algorithms": ", ".join(f"{name} x {count}" for name, count in sorted(counts.items()))}
+
     def read(self, key: str) -> Any:
         """The key's delta, float32, in the checkpoint's layout."""
         plan = self._plans[key]
+        self._refuse_dora(key, plan)
         return self._rows(plan, 0, plan.shape[0]).reshape(plan.shape)
 
     def read_flat(self, key: str, start: int, stop: int) -> Any:
         """Elements [start, stop) of the flattened delta, composing only the rows that hold them."""
         plan = self._plans[key]
+        self._refuse_dora(key, plan)
         columns = plan.pieces[0][0].columns
         first_row, stop_row = start // columns, -(-stop // columns)
         rows = self._rows(plan, first_row, stop_row)
@@ -87,25 +109,40 @@ class LoraSource:
     def add_flat(self, key: str, start: int, stop: int, into: Any, alpha: float) -> None:
         """Add ``alpha`` times elements [start, stop) of the flattened delta into `into`.
 
-        Each module's rows go straight into `into` by ``addmm_``: the delta is never materialised,
-        and baking a LoRA is one pass over the checkpoint's values."""
+        A LoRA's rows go straight into `into` by ``addmm_``: the delta is never materialised, and baking
+        it is one pass over the checkpoint's values; other algorithms add a block of rows at a time. A
+        key with a DoRA module is changed by the DoRA rule applied to what `into` holds, the weight it
+        is added to (the scheduler calls this only for a buffer of weights, whole keys at a time)."""
         plan = self._plans[key]
         columns = plan.pieces[0][0].columns
-        for row, factors, low, high in self._pieces(plan, start // columns, -(-stop // columns)):
-            if factors is not None:
+        if plan.dora:
+            if (start, stop) != (0, math.prod(plan.shape)):
+                raise MechaError(f"{self.label}: key {key!r} holds a DoRA module, which needs the whole key at once")
+            dora.add(plan, self._rows(plan, 0, plan.shape[0]), into, alpha, self.file.read)
+            return
+        for row, module, low, high in self._pieces(plan, start // columns, -(-stop // columns)):
+            if module is not None:
                 first = max(row * columns - start, 0)
                 last = min((row + high - low) * columns - start, stop - start)
                 skip = max(start - row * columns, 0)
-                self._add_product_rows(factors, low, high, skip, into[first:last], alpha)
+                self._add_product_rows(module, low, high, skip, into[first:last], alpha)
 
     def close(self) -> None:
         self.file.close()
 
-    def _pieces(self, plan: DeltaPlan, start: int, stop: int) -> Iterator[tuple[int, Factors | None, int, int]]:
+    def _refuse_dora(self, key: str, plan: DeltaPlan) -> None:
+        module = plan.dora
+        if module is not None:
+            raise MechaError(f"{self.label}: LoRA module {module.name!r} is a DoRA (it has a dora_scale): its change "
+                             f"to {key!r} depends on the weight it is applied to, so it is no delta of its own to mix "
+                             f"with other deltas or save as a LoRA; add it to a model instead: "
+                             f"add_difference(model, dora, alpha)")
+
+    def _pieces(self, plan: DeltaPlan, start: int, stop: int) -> Iterator[tuple[int, ModuleMath | None, int, int]]:
         """Rows [start, stop) of the key's delta as runs of one module's rows: (the run's first row in
         the key, the module or None for a block without one, the module's rows [low, high))."""
         total, height = plan.shape[0], plan.pieces[0][0].rows
-        by_part = {part: factors for factors, part in plan.pieces}
+        by_part = {part: module for module, part in plan.pieces}
         row = start
         while row < stop:
             # a swapped key is the delta rolled by half its rows: row i is unrolled row (i - half) mod rows
@@ -119,44 +156,61 @@ class LoraSource:
         """Rows [start, stop) of the key's delta flattened to (rows, columns), zero where a block has no module."""
         import torch
         columns = plan.pieces[0][0].columns
-        blocks = [self._product_rows(factors, low, high) if factors is not None
+        blocks = [self._product_rows(module, low, high) if module is not None
                   else torch.zeros((high - low, columns), dtype=torch.float32)
-                  for _, factors, low, high in self._pieces(plan, start, stop)]
+                  for _, module, low, high in self._pieces(plan, start, stop)]
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
-    def _product_rows(self, factors: Factors, low: int, high: int) -> Any:
-        """Rows [low, high) of one module's ``up @ down * scale``.
+    def _product_rows(self, module: ModuleMath, low: int, high: int) -> Any:
+        """Rows [low, high) of one module's scaled delta.
 
-        The product is always computed in the same blocks of ROW_BLOCK rows of ``up`` (a BLAS gives
-        a row bits that depend on how many rows it multiplies at once), so the rows of any chunk are
-        bit for bit those of the whole delta."""
+        The delta is always computed in the same blocks of ROW_BLOCK rows (a BLAS gives a row bits
+        that depend on how many rows it multiplies at once), so the rows of any chunk are bit for bit
+        those of the whole delta."""
         import torch
-        first, stop = _block_bounds(factors, low, high)
-        up = self._up_rows(factors, first, stop).to(torch.float32)
-        if factors.scale != 1:
-            up = up * factors.scale
-        down = self._down(factors, up.device, torch.float32)
-        out = torch.empty((stop - first, factors.columns), dtype=torch.float32)
-        for row in range(0, stop - first, ROW_BLOCK):
-            torch.mm(up[row:row + ROW_BLOCK], down, out=out[row:row + ROW_BLOCK])
+        first, stop = _block_bounds(module, low, high)
+        out = torch.empty((stop - first, module.columns), dtype=torch.float32)
+        prepared = self._prepare(module, out.device, torch.float32)
+        if module.algorithm == LORA:
+            up = algorithms.up_rows(module, self.file.read, first, stop).to(torch.float32)
+            if module.scale != 1:
+                up = up * module.scale
+            for row in range(0, stop - first, ROW_BLOCK):
+                torch.mm(up[row:row + ROW_BLOCK], prepared, out=out[row:row + ROW_BLOCK])
+        else:
+            for row in range(first, stop, ROW_BLOCK):
+                end = min(row + ROW_BLOCK, stop)
+                out[row - first:end - first] = algorithms.block(module, self.file.read, prepared, row, end)
         return out[low - first:high - first]
 
-    def _add_product_rows(self, factors: Factors, low: int, high: int, skip: int, target: Any, alpha: float) -> None:
-        """Add ``alpha * scale * up @ down`` to `target`, the flat elements of the module's rows
+    def _add_product_rows(self, module: ModuleMath, low: int, high: int, skip: int, target: Any, alpha: float) -> None:
+        """Add ``alpha`` times the module's delta to `target`, the flat elements of the module's rows
         [low, high) from `skip` elements into row `low` on.
 
         Computed in the blocks of ROW_BLOCK rows ``_product_rows`` uses, so any chunk adds what the
-        whole key would: a block wholly inside `target` in place, a block `target` holds only part of
-        through a scratch copy of it (an entry of ``addmm_`` depends only on its own value, its row
-        of ``up`` and ``down``, whatever the scratch holds elsewhere)."""
+        whole key would. A LoRA block wholly inside `target` is added in place by ``addmm_``, one
+        `target` holds only part of through a scratch copy of it (an entry of ``addmm_`` depends only on
+        its own value, its row of ``up`` and ``down``, whatever the scratch holds elsewhere); the blocks
+        of other algorithms are composed, then added elementwise."""
         import torch
-        first, stop = _block_bounds(factors, low, high)
-        columns = factors.columns
-        up = self._up_rows(factors, first, stop).to(device=target.device, dtype=target.dtype)
-        down = self._down(factors, target.device, target.dtype)
-        scale = alpha * factors.scale
+        first, stop = _block_bounds(module, low, high)
+        columns = module.columns
         begin = (low - first) * columns + skip  # where target starts in the blocks' flat elements
         end = begin + target.numel()
+        if module.algorithm != LORA:
+            prepared = self._prepare(module, target.device, torch.float32)
+            for row in range(first, stop, ROW_BLOCK):
+                height = min(ROW_BLOCK, stop - row)
+                block_start = (row - first) * columns
+                low_end, high_end = max(block_start, begin), min(block_start + height * columns, end)
+                if low_end < high_end:
+                    values = algorithms.block(module, self.file.read, prepared, row, row + height).reshape(-1)
+                    target[low_end - begin:high_end - begin].add_(
+                        values[low_end - block_start:high_end - block_start].to(target.dtype), alpha=alpha)
+            return
+        up = algorithms.up_rows(module, self.file.read, first, stop).to(device=target.device, dtype=target.dtype)
+        down = self._prepare(module, target.device, target.dtype)
+        scale = alpha * module.scale
         for row in range(0, stop - first, ROW_BLOCK):
             height = min(ROW_BLOCK, stop - first - row)
             block_start, block_end = row * columns, (row + height) * columns
@@ -171,69 +225,72 @@ class LoraSource:
                 scratch.view(height, columns).addmm_(up[row:row + height], down, alpha=scale)
                 target[low_end - begin:high_end - begin].copy_(part)
 
-    def _up_rows(self, factors: Factors, first: int, stop: int) -> Any:
-        """Rows [first, stop) of ``up`` as (rows, rank), a view of the file in its stored dtype."""
-        return self.file.read(factors.up).reshape(factors.rows, factors.rank)[first:stop]
-
-    def _down(self, factors: Factors, device: Any, dtype: Any) -> Any:
-        last = getattr(self._last_down, "value", None)
-        if last is not None and last[0] == (factors.down, device, dtype):
+    def _prepare(self, module: ModuleMath, device: Any, dtype: Any) -> Any:
+        """The module's column side (:func:`algorithms.prepare`), kept for the next chunk of the same key."""
+        last = getattr(self._prepared, "value", None)
+        if last is not None and last[0] == (id(module), device, dtype):
             return last[1]
-        down = self.file.read(factors.down).reshape(factors.rank, factors.columns).to(device=device, dtype=dtype)
-        self._last_down.value = ((factors.down, device, dtype), down)
-        return down
+        prepared = algorithms.prepare(module, self.file.read, device, dtype)
+        self._prepared.value = ((id(module), device, dtype), prepared)
+        return prepared
 
     # checks, once per file ------------------------------------------------------------------------
-    def _plan(self, key: str, pieces: list[tuple[Module, Target]], architecture: Architecture) -> DeltaPlan:
-        checked = [(self._factors(module), target) for module, target in pieces]
+    def _plan(self, key: str, pieces: list[tuple[ModuleMath, Target]], architecture: Architecture) -> DeltaPlan:
         names = ", ".join(module.name for module, _ in pieces)
-        parts = {target.parts for _, target in checked}
-        blocks = [target.part for _, target in checked]
-        if len(parts) > 1 or len(set(blocks)) < len(blocks) or len({t.swap for _, t in checked}) > 1:
+        parts = {target.parts for _, target in pieces}
+        blocks = [target.part for _, target in pieces]
+        if len(parts) > 1 or len(set(blocks)) < len(blocks) or len({t.swap for _, t in pieces}) > 1:
             raise MechaError(f"{self.label}: LoRA modules {names} all target key {key!r} and overlap; a LoRA "
                              f"holds one module per layer (or one per q/k/v block)")
-        first = checked[0][0]
-        if any((f.rows, f.columns, f.kernel) != (first.rows, first.columns, first.kernel) for f, _ in checked):
+        spec = architecture.key_specs[key].shape
+        resolved = [(self._with_kernel(module, key, spec), target) for module, target in pieces]
+        first = resolved[0][0]
+        if any((m.rows, m.columns, m.kernel) != (first.rows, first.columns, first.kernel) for m, _ in resolved):
             raise MechaError(f"{self.label}: LoRA modules {names} are blocks of key {key!r} but their shapes differ")
         rows = first.rows * parts.pop()
-        if checked[0][1].swap and rows % 2:
+        if pieces[0][1].swap and rows % 2:
             raise MechaError(f"{self.label}: module {names} has {rows} rows; its layer {key!r} needs an even count")
-        spec_dims = len(architecture.key_specs[key].shape)
-        if spec_dims == 4 and not first.kernel:  # a linear LoRA of a 1x1 convolution
-            shape: tuple[int, ...] = (rows, first.columns, 1, 1)
-        elif spec_dims == 2 and first.kernel == (1, 1):  # a 1x1 conv LoRA of a linear layer
+        kernel = first.kernel or ()
+        if len(spec) == 1:
+            shape: tuple[int, ...] = (rows,)
+        elif len(spec) == 4 and not kernel:  # a linear LoRA of a 1x1 convolution
+            shape = (rows, first.columns, 1, 1)
+        elif len(spec) == 2 and kernel == (1, 1):  # a 1x1 conv LoRA of a linear layer
             shape = (rows, first.columns)
-        elif first.kernel:
-            shape = (rows, first.columns // math.prod(first.kernel), *first.kernel)
+        elif kernel:
+            shape = (rows, first.columns // math.prod(kernel), *kernel)
         else:
             shape = (rows, first.columns)
-        return DeltaPlan(shape, tuple((f, t.part) for f, t in checked), checked[0][1].parts, checked[0][1].swap)
+        checked = tuple((dora.checked(module, shape, self.file.tensors, self.label), t.part) for module, t in resolved)
+        return DeltaPlan(shape, checked, pieces[0][1].parts, pieces[0][1].swap)
 
-    def _factors(self, module: Module) -> Factors:
+    def _with_kernel(self, module: ModuleMath, key: str, spec: tuple[int, ...]) -> ModuleMath:
+        """A module whose factors are flat (``in * k * k`` columns) takes the kernel of its layer."""
+        if module.kernel is not None:
+            return module
+        kernel = tuple(spec[2:])
+        if kernel and module.columns % math.prod(kernel):
+            raise MechaError(f"{self.label}: LoRA module {module.name!r} ({module.algorithm}) has {module.columns} "
+                             f"columns, not a whole number of its layer {key!r}'s {'x'.join(map(str, kernel))} kernels")
+        return dataclasses.replace(module, kernel=kernel)
+
+    def _module(self, module: Module) -> ModuleMath:
         where = f"{self.label}: LoRA module {module.name!r}"
-        for part in (DOWN, UP):
-            if part not in module.parts:
-                raise MechaError(f"{where} has no {part} weight (expected {module.name}.lora_{part}.weight or the "
-                                 f"PEFT lora_A/lora_B spelling)")
-        down, up = self.file.tensors[module.parts[DOWN]], self.file.tensors[module.parts[UP]]
-        for info, part in ((down, DOWN), (up, UP)):
+        for part, name in module.parts.items():
+            info = self.file.tensors[name]
             if not dtypes.is_float_name(info.torch_dtype_name):
-                raise MechaError(f"{where}: its {part} weight is {info.torch_dtype_name}, expected floating point")
-        if len(down.shape) not in (2, 4) or len(up.shape) != len(down.shape) or up.shape[2:] not in ((), (1, 1)):
-            raise MechaError(f"{where}: down {list(down.shape)} and up {list(up.shape)} are not a LoRA pair (expected "
-                             f"2-D factors, or a k x k conv down with a 1 x 1 conv up)")
-        rank = down.shape[0]
-        if rank == 0 or up.shape[1] != rank:
-            raise MechaError(f"{where}: down {list(down.shape)} and up {list(up.shape)} disagree on the rank "
-                             f"(down's rows must equal up's columns, and be at least 1)")
-        return Factors(module.parts[DOWN], module.parts[UP], self._alpha(module, where) / rank, rank, up.shape[0],
-                       math.prod(down.shape[1:]), tuple(down.shape[2:]))
+                raise MechaError(f"{where}: its {part} is {info.torch_dtype_name}, expected floating point")
+        shapes = {name: tuple(self.file.tensors[name].shape) for name in module.parts.values()}
+        try:
+            return algorithms.check(module, shapes, lambda: self._alpha(module, where))
+        except MechaError as error:
+            raise MechaError(f"{self.label}: {error}") from None
 
-    def _alpha(self, module: Module, where: str) -> float:
-        """The module's alpha; without one the delta is up @ down unscaled (alpha = rank)."""
+    def _alpha(self, module: Module, where: str) -> float | None:
+        """The module's alpha; None when it has none (its delta is then unscaled)."""
         name = module.parts.get(ALPHA)
         if name is None:
-            return float(self.file.tensors[module.parts[DOWN]].shape[0])
+            return None
         info = self.file.tensors[name]
         if info.numel != 1:
             raise MechaError(f"{where}: alpha has shape {list(info.shape)}, expected one number")
@@ -243,6 +300,15 @@ class LoraSource:
         return alpha
 
 
-def _block_bounds(factors: Factors, low: int, high: int) -> tuple[int, int]:
-    """The rows of the ROW_BLOCK-aligned blocks holding rows [low, high) of a module's product."""
-    return low // ROW_BLOCK * ROW_BLOCK, min(-(-high // ROW_BLOCK) * ROW_BLOCK, factors.rows)
+def _bias_key(key: str, architecture: Architecture) -> str | None:
+    """The bias of a weight key (``...weight`` -> ``...bias``; OpenCLIP's ``in_proj_weight`` ->
+    ``in_proj_bias``), when the architecture has one."""
+    if not key.endswith("weight"):
+        return None
+    bias = key[:-len("weight")] + "bias"
+    return bias if bias in architecture.key_specs else None
+
+
+def _block_bounds(module: ModuleMath, low: int, high: int) -> tuple[int, int]:
+    """The rows of the ROW_BLOCK-aligned blocks holding rows [low, high) of a module's delta."""
+    return low // ROW_BLOCK * ROW_BLOCK, min(-(-high // ROW_BLOCK) * ROW_BLOCK, module.rows)
