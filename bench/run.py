@@ -2,6 +2,7 @@
 
     python bench/run.py                       # every scenario (generates ~20 GB of checkpoints once)
     python bench/run.py --only 2 8            # some scenarios
+    python bench/run.py --only flux           # FLUX.1 (generates 2 x 11.9 GB; not in the default run)
     python bench/run.py --data /big/disk      # where the checkpoints live (default: bench/data)
 
 Scenarios, on real-size synthetic SD1.5 fp16 checkpoints (1131 keys, 1.07 G parameters, made by the
@@ -12,7 +13,9 @@ mecha-sd1 generator), and an SDXL checkpoint with a LoRA:
 - ``32``: n_average of 32 models (hard links to the 8 files, so the page cache holds them): memory must
   stay within 10% of the 8-model run, wall time must grow linearly with the bytes read;
 - ``lora``: rank-32 kohya LoRAs baked into an SDXL checkpoint, against a plain copy of the checkpoint:
-  a LoRA of the linear layers (kohya's default) and a LoCon (the 3x3 convolutions too).
+  a LoRA of the linear layers (kohya's default) and a LoCon (the 3x3 convolutions too);
+- ``flux``: weighted_sum of two real-size FLUX.1 transformer-only fp8 files (11.9 GB each, made by the
+  mecha-flux generator) into fp8, against the minimal loop (``--fp8``) and a plain copy of one file.
 
 Each run is a separate process; its peak private memory is the largest sum of ``RssAnon`` over the
 process tree, sampled every 10 ms. Each measurement is the fastest of ``--repeat`` runs (3); the runs
@@ -34,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from generate import ensure_lora, ensure_sd1, ensure_sdxl  # noqa: E402
+from generate import ensure_flux, ensure_lora, ensure_sd1, ensure_sdxl  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -135,8 +138,8 @@ def mecha(recipe: Path, output: Path, threads: int | None) -> list[str]:
     return command + (["--threads", str(threads)] if threads else [])
 
 
-def baseline(inputs: list[Path], output: Path) -> list[str]:
-    return [sys.executable, str(HERE / "baseline.py"), str(output), *map(str, inputs)]
+def baseline(inputs: list[Path], output: Path, fp8: bool = False) -> list[str]:
+    return [sys.executable, str(HERE / "baseline.py"), *(["--fp8"] if fp8 else []), str(output), *map(str, inputs)]
 
 
 def model_lines(paths: list[Path]) -> list[str]:
@@ -146,7 +149,7 @@ def model_lines(paths: list[Path]) -> list[str]:
 def run(args: argparse.Namespace) -> list[Result]:
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
-    out = data / "out.safetensors"
+    out = Path(args.out or data) / "out.safetensors"
     results: list[Result] = []
     if {"2", "8", "32"} & set(args.only):
         models = ensure_sd1(data, 8)
@@ -194,6 +197,19 @@ def run(args: argparse.Namespace) -> list[Result]:
         for result in baked:
             result.ratio, result.against = result.wall / plain.wall, "plain copy"
         results += [plain, *baked]
+    if "flux" in args.only:
+        two = ensure_flux(data, 2)
+        merge = recipe_file(data, "flux-two", model_lines(two) + ['merge "weighted_sum" &0 &1 alpha=0.5'])
+        copy = recipe_file(data, "flux-copy", model_lines(two[:1]))
+        fp8 = ["--save-dtype", "fp8"]
+        runs = [(baseline(two, out, fp8=True), two), (mecha(copy, out, args.threads) + fp8, two[:1]),
+                (mecha(merge, out, args.threads) + fp8, two)]
+        loop, plain, ours = [Result(name, *m) for name, m in zip(
+            ["minimal loop, 2 FLUX.1 fp8", "mecha plain copy, FLUX.1 fp8", "mecha weighted_sum, 2 FLUX.1 fp8 -> fp8"],
+            measure(runs, out, args.repeat))]
+        ours.ratio, ours.against = ours.wall / loop.wall, "minimal loop"
+        print(f"FLUX.1 weighted_sum vs plain copy: {ours.wall / plain.wall:.2f}x", file=sys.stderr)
+        results += [loop, plain, ours]
     return results
 
 
@@ -210,7 +226,9 @@ def table(results: list[Result]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(HERE / "data"), help="folder for the generated checkpoints")
-    parser.add_argument("--only", nargs="+", default=["2", "8", "32", "lora"], choices=["2", "8", "32", "lora"])
+    parser.add_argument("--only", nargs="+", default=["2", "8", "32", "lora"], choices=["2", "8", "32", "lora", "flux"])
+    parser.add_argument("--out", help="folder for the outputs (default: --data); another disk or /dev/shm when "
+                                      "the data's disk lacks room for one more output (12 GB for flux)")
     parser.add_argument("--threads", type=int, help="mecha's --threads (default: mecha's own choice)")
     parser.add_argument("--repeat", type=int, default=REPEAT, help="runs per measurement; the fastest counts")
     args = parser.parse_args()
