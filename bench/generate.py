@@ -1,7 +1,7 @@
 """Real-size synthetic checkpoints for the benchmarks, written key by key (never whole in memory).
 
-Key names and shapes come from the installed architecture plugins (mecha-sd1, mecha-sdxl), values from
-mecha-sd1's random generator; the LoRAs of the SDXL scenario from mecha-lora's generator.
+Key names and shapes come from the installed architecture plugins (mecha-sd1, mecha-sdxl, mecha-flux),
+values from mecha-sd1's random generator; the LoRAs of the SDXL scenario from mecha-lora's generator.
 """
 
 from __future__ import annotations
@@ -50,3 +50,18 @@ def ensure_lora(folder: Path, *, conv: bool, algo: str = "lora") -> Path:
         from mecha_lora.generation import write_random_lora
         write_random_lora(path, get_plugins().architectures.get("sdxl"), rank=32, seed=101, conv=conv, algo=algo)
     return path
+
+
+def ensure_flux(folder: Path, count: int) -> list[Path]:
+    """`count` FLUX.1 transformer-only fp8 (e4m3fn) files as most are shared: 780 keys without the
+    ``model.diffusion_model.`` prefix, 11.9 G parameters, 11.9 GB each."""
+    import dataclasses
+    from mecha_core.random_models import write_random_model
+    specs = [dataclasses.replace(spec, name=spec.aliases[0])
+             for spec in get_plugins().architectures.get("flux").key_specs.values() if spec.component == "unet"]
+    paths = [folder / f"flux-{i}.safetensors" for i in range(count)]
+    for seed, path in enumerate(paths):
+        if not path.exists():
+            print(f"generating {path}")
+            write_random_model(path, specs, seed=seed, dtype=torch.float8_e4m3fn)
+    return paths

@@ -2,6 +2,7 @@
 
     python bench/run.py                       # every scenario (generates ~20 GB of checkpoints once)
     python bench/run.py --only 2 8            # some scenarios
+    python bench/run.py --only flux           # FLUX.1 (generates 2 x 11.9 GB; not in the default run)
     python bench/run.py --data /big/disk      # where the checkpoints live (default: bench/data)
 
 Scenarios, on real-size synthetic SD1.5 fp16 checkpoints (1131 keys, 1.07 G parameters, made by the
@@ -16,6 +17,8 @@ mecha-sd1 generator), and an SDXL checkpoint with a LoRA:
   and LoKr of the same layers as the LoCon.
 - ``llm``: two random Llama models of TinyLlama's shapes (1.1 G parameters, fp16) merged with ties and
   with slerp from one mergekit configuration, mecha against mergekit-yaml (bench/llm.py).
+- ``flux``: weighted_sum of two real-size FLUX.1 transformer-only fp8 files (11.9 GB each, made by the
+  mecha-flux generator) into fp8, against the minimal loop (``--fp8``) and a plain copy of one file.
 
 Each run is a separate process; its peak private memory is the largest sum of ``RssAnon`` over the
 process tree, sampled every 10 ms. Each measurement is the fastest of ``--repeat`` runs (3); the runs
@@ -38,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from generate import ensure_lora, ensure_sd1, ensure_sdxl  # noqa: E402
+from generate import ensure_flux, ensure_lora, ensure_sd1, ensure_sdxl  # noqa: E402
 from llm import config_file, ensure_llamas, ensure_mergekit  # noqa: E402
 
 
@@ -155,8 +158,8 @@ def mecha(recipe: Path, output: Path, threads: int | None) -> list[str]:
     return command + (["--threads", str(threads)] if threads else [])
 
 
-def baseline(inputs: list[Path], output: Path) -> list[str]:
-    return [sys.executable, str(HERE / "baseline.py"), str(output), *map(str, inputs)]
+def baseline(inputs: list[Path], output: Path, fp8: bool = False) -> list[str]:
+    return [sys.executable, str(HERE / "baseline.py"), *(["--fp8"] if fp8 else []), str(output), *map(str, inputs)]
 
 
 def model_lines(paths: list[Path]) -> list[str]:
@@ -166,7 +169,7 @@ def model_lines(paths: list[Path]) -> list[str]:
 def run(args: argparse.Namespace) -> list[Result]:
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
-    out = data / "out.safetensors"
+    out = Path(args.out or data) / "out.safetensors"
     results: list[Result] = []
     if {"2", "8", "32"} & set(args.only):
         models = ensure_sd1(data, 8)
@@ -231,6 +234,19 @@ def run(args: argparse.Namespace) -> list[Result]:
             results += [theirs_result, ours_result]
             print(f"{method}: peak memory {ours_result.peak_mib / theirs_result.peak_mib:.2f}x mergekit's",
                   file=sys.stderr)
+    if "flux" in args.only:
+        two = ensure_flux(data, 2)
+        merge = recipe_file(data, "flux-two", model_lines(two) + ['merge "weighted_sum" &0 &1 alpha=0.5'])
+        copy = recipe_file(data, "flux-copy", model_lines(two[:1]))
+        fp8 = ["--save-dtype", "fp8"]
+        runs = [(baseline(two, out, fp8=True), two), (mecha(copy, out, args.threads) + fp8, two[:1]),
+                (mecha(merge, out, args.threads) + fp8, two)]
+        loop, plain, ours = [Result(name, *m) for name, m in zip(
+            ["minimal loop, 2 FLUX.1 fp8", "mecha plain copy, FLUX.1 fp8", "mecha weighted_sum, 2 FLUX.1 fp8 -> fp8"],
+            measure(runs, out, args.repeat))]
+        ours.ratio, ours.against = ours.wall / loop.wall, "minimal loop"
+        print(f"FLUX.1 weighted_sum vs plain copy: {ours.wall / plain.wall:.2f}x", file=sys.stderr)
+        results += [loop, plain, ours]
     return results
 
 
@@ -248,9 +264,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(HERE / "data"), help="folder for the generated checkpoints")
     parser.add_argument("--only", nargs="+", default=["2", "8", "32", "lora", "llm"],
-                        choices=["2", "8", "32", "lora", "llm"])
+                        choices=["2", "8", "32", "lora", "llm", "flux"])
     parser.add_argument("--llm-methods", nargs="+", default=["ties", "slerp"], choices=["ties", "slerp"],
                         help="the mergekit methods of the llm scenario")
+    parser.add_argument("--out", help="folder for the outputs (default: --data); another disk or /dev/shm when "
+                                      "the data's disk lacks room for one more output (12 GB for flux)")
     parser.add_argument("--threads", type=int, help="mecha's --threads (default: mecha's own choice)")
     parser.add_argument("--repeat", type=int, default=REPEAT, help="runs per measurement; the fastest counts")
     args = parser.parse_args()

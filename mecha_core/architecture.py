@@ -86,6 +86,16 @@ class Architecture:
     key of the spec that holds for every model of the architecture (``resolution``, ``prediction_type``).
     A merged file's metadata then carries them with the title, date and sources of the merge; a save
     format (a LoRA) derives its own names from them.
+
+    ``optional_components`` names the parts (a merge component such as ``txt``, or what passed-through
+    keys belong to, such as ``vae``) that files may leave out as a whole, so one architecture accepts
+    every packaging people share (a FLUX.1 transformer alone or with its text encoders and VAE). A
+    file holding none of such a part's keys still matches; one holding some but not all does not. A
+    merge's output keeps the parts of its first model (see ``merge(..., layout=)``).
+
+    ``keep_spelling`` says the keys' aliases are packagings (a transformer saved without its
+    ``model.diffusion_model.`` prefix), not outdated names: a merge's output then spells every key
+    as that model does, instead of under the name listed first.
     """
 
     name: str
@@ -96,6 +106,8 @@ class Architecture:
     detect: Callable[[Architecture, Mapping[str, Any]], ArchitectureMatch] | None = None
     specialize: Callable[[Any], Architecture | None] | None = None
     model_spec: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    optional_components: tuple[str, ...] = ()
+    keep_spelling: bool = False
 
     def __post_init__(self) -> None:
         validate_name(self.name, "architecture")
@@ -174,12 +186,21 @@ class Architecture:
 
 
 def match_by_keys(architecture: Architecture, tensors: Mapping[str, Any]) -> ArchitectureMatch:
-    """The default detection rule: every required key is present (under any alias)."""
+    """The default detection rule: every required key is present (under any alias), except those of
+    optional components the file leaves out entirely."""
     specs = architecture.key_specs
     present = {architecture.canonical(name) for name in tensors}
-    missing = tuple(sorted(name for name, spec in specs.items() if not spec.optional and name not in present))
+    absent = absent_components(architecture, present)
+    missing = tuple(sorted(name for name, spec in specs.items()
+                           if not spec.optional and name not in present and spec.component not in absent))
     unknown = tuple(sorted(name for name in present if name not in specs))
     return ArchitectureMatch(architecture.name, missing, unknown, len(present & specs.keys()))
+
+
+def absent_components(architecture: Architecture, keys: Iterable[str]) -> frozenset[str]:
+    """The optional components of which none of `keys` (canonical names) is a key."""
+    held = {architecture.key_specs[key].component for key in keys if key in architecture.key_specs}
+    return frozenset(architecture.optional_components) - held
 
 
 def pick_architecture(matches: Sequence[tuple[Architecture, ArchitectureMatch]]) -> tuple[Architecture | None, str]:

@@ -52,7 +52,8 @@ def make_options(*, models_dir: Any = None, threads: int | None = None, device: 
                  work_dtype: Any = None, save_dtype: Any = None, fallback_model: Any = None,
                  drop: Iterable[str] = (), nonfinite: str = "warn", save_as: str | None = None,
                  save_options: Mapping[str, Any] | None = None, memory_budget: int | None = None,
-                 cache: dict[Any, Any] | None = None, strict: bool = True) -> MergeOptions:
+                 cache: dict[Any, Any] | None = None, strict: bool = True, layout: Any = None,
+                 save_dtype_all: bool = False) -> MergeOptions:
     """Merge options from arguments, falling back on MECHA_MODELS_DIR, the config file, then defaults."""
     config = config_module.load_config()
     if nonfinite not in NONFINITE_MODES:
@@ -74,6 +75,8 @@ def make_options(*, models_dir: Any = None, threads: int | None = None, device: 
         chunk_bytes=memory_budget or MergeOptions.chunk_bytes,
         cache=cache,
         strict=strict,
+        layout=None if layout is None else str(layout),
+        save_dtype_all=bool(save_dtype_all),
     )
 
 
@@ -90,7 +93,8 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
           save_as: str | None = None, save_options: Mapping[str, Any] | None = None,
           memory_budget: int | None = None, cache: dict[Any, Any] | None = None,
           progress: Progress | None = None, store_model_paths: bool = False,
-          max_shard_size: int | str | None = None, strict: bool = True) -> Any:
+          max_shard_size: int | str | None = None, strict: bool = True, layout: Any = None,
+          save_dtype_all: bool = False) -> Any:
     """Merge a recipe. Returns a dict of tensors when `output` is None, else writes the file and returns its path.
 
     `recipe` is a recipe node, ``.mecha`` text or the path of a ``.mecha`` file. Model names are looked
@@ -119,13 +123,19 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
 
     A model given an architecture (``arch=``) its keys do not fit is refused; `strict` False merges
     the keys that fit.
+
+    `save_dtype` is any float dtype safetensors stores (fp64, fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2);
+    it applies to merged keys, and to copied keys (a VAE) too with `save_dtype_all`, else those keep
+    their stored dtype. `layout` names the model (as the recipe does) whose packaging the output keeps
+    when an architecture has optional parts (a FLUX.1 transformer alone or with its text encoders
+    and VAE): its parts and spellings; the first model by default.
     """
     return merge_with_report(recipe, output, models_dir=models_dir, threads=threads, device=device,
                              work_dtype=work_dtype, save_dtype=save_dtype, fallback_model=fallback_model, drop=drop,
                              nonfinite=nonfinite, save_as=save_as, save_options=save_options,
                              memory_budget=memory_budget, cache=cache, progress=progress,
                              store_model_paths=store_model_paths, max_shard_size=max_shard_size,
-                             strict=strict)[0]
+                             strict=strict, layout=layout, save_dtype_all=save_dtype_all)[0]
 
 
 def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
@@ -154,7 +164,7 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         merged = sum(1 for k in plan.keys if k.merge)
         if output is None:
             sink = DictSink(layout)
-            _run(plan, sink, progress)
+            _run(plan, _Respelled(sink, plan.spellings), progress)
             _check_inputs_unchanged(plan)
             report = MergeReport(None, merged, len(plan.keys) - merged, 0, plan.notes)
             return sink.tensors, report
@@ -173,7 +183,7 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         else:
             out = OutputFile(target, layout, metadata, inputs=inputs)
         with out:
-            _run(plan, _FileSink(out), progress)
+            _run(plan, _Respelled(_FileSink(out), plan.spellings), progress)
             _check_inputs_unchanged(plan)
             out.commit()
         return target, MergeReport(target, merged, len(plan.keys) - merged, out.total_size, plan.notes)
@@ -278,7 +288,7 @@ def _layout(plan: MergePlan) -> list[tuple[str, str, tuple[int, ...]]]:
         if plan.encoder is not None and key.merge:
             layout.extend((name, dtype_name, shape) for name, shape, dtype_name in plan.encoder.layout(key.name, key.shape))
         else:
-            layout.append((key.name, key.out_dtype, key.shape))
+            layout.append((plan.spellings.get(key.name, key.name), key.out_dtype, key.shape))
     names = [name for name, _, _ in layout]
     if len(names) != len(set(names)):
         raise MechaError("the output would hold the same tensor name twice; the save format's layout is inconsistent")
@@ -291,6 +301,17 @@ class _FileSink(Sink):
 
     def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
         self.out.write(name, tensor, start_element)
+
+
+class _Respelled(Sink):
+    """Writes each key under the name the output spells it with (see ``MergePlan.spellings``)."""
+
+    def __init__(self, sink: Sink, spellings: Mapping[str, str]) -> None:
+        self.sink = sink
+        self.spellings = spellings
+
+    def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
+        self.sink.write(self.spellings.get(name, name), tensor, start_element)
 
 
 def _run(plan: MergePlan, sink: Sink, progress: Progress | None) -> None:

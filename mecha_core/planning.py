@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from . import dtypes, hyper
-from .architecture import GENERIC, Architecture, ArchitectureMatch, KeySpec, generic_architecture, generic_key_spec, pick_architecture
-from .errors import MechaError, MergeError, RecipeError, from_signal, suggest
+from .architecture import (GENERIC, Architecture, ArchitectureMatch, KeySpec, absent_components, generic_architecture,
+                           generic_key_spec, pick_architecture)
+from .errors import MechaError, MergeError, RecipeError, from_signal, suggest, unknown
 from .key_rename import RenamedKeySource, renamed_tensors
 from .merge_method import MergeMethod
 from .model_type import BASE, KeySource, ModelType, OutputEncoder
@@ -96,6 +97,8 @@ class MergeOptions:
     chunk_bytes: int = 1 << 25
     cache: dict[Any, Any] | None = None
     strict: bool = True  # a model given an architecture (arch=) that its keys do not fit is an error
+    layout: str | None = None  # the model (as the recipe names it) whose packaging the output keeps
+    save_dtype_all: bool = False  # copied float keys are converted to save_dtype too
 
 
 @dataclasses.dataclass(eq=False)
@@ -110,6 +113,7 @@ class MergePlan:
     options: MergeOptions
     encoder: OutputEncoder | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    spellings: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> its name in the output, where they differ
 
     def close(self) -> None:
         for leaf in self.leaves + ([self.fallback] if self.fallback else []):
@@ -158,12 +162,35 @@ def plan_merge(recipe: RecipeNode, options: MergeOptions, plugins: Plugins) -> M
         root = _bind(recipe, leaves_by_node, plugins)
         _check_hyper_dicts(recipe, architecture)
         encoder = _encoder(root, architecture, options, plugins)
-        keys = _plan_keys(root, architecture, leaves, fallback, options, encoder, notes)
+        layout = _layout_model(leaves, fallback, options.layout)
+        keys = _plan_keys(root, architecture, leaves, fallback, options, encoder, notes, layout)
+        spellings = _spellings(architecture, layout, keys) if encoder is None else {}
     except BaseException:
         for leaf in opened:
             (leaf.source or leaf.file).close()
         raise
-    return MergePlan(root, architecture, leaves, fallback, keys, options, encoder, notes)
+    return MergePlan(root, architecture, leaves, fallback, keys, options, encoder, notes, spellings)
+
+
+def _layout_model(leaves: list[Leaf], fallback: Leaf | None, name: str | None) -> Leaf:
+    """The model whose packaging the output keeps: the first one, or the one the user names."""
+    if name is None:
+        return leaves[0]
+    candidates = leaves + ([fallback] if fallback else [])
+    for leaf in candidates:
+        if not leaf.node.is_dict and name in (str(leaf.node.source), str(leaf.path), leaf.label):
+            return leaf
+    named = [str(leaf.node.source) for leaf in candidates if not leaf.node.is_dict]
+    raise MechaError(unknown("layout model", name, named, " (layout= names one of the recipe's models)"))
+
+
+def _spellings(architecture: Architecture, layout: Leaf, keys: list[KeyPlan]) -> dict[str, str]:
+    """Output names of the keys the layout model spells another way, for architectures whose aliases
+    are packagings (``keep_spelling``) rather than outdated names."""
+    if not architecture.keep_spelling or layout.type.name != BASE:
+        return {}
+    stored = {architecture.canonical(name): name for name in layout.file.tensors}
+    return {plan.name: stored[plan.name] for plan in keys if stored.get(plan.name, plan.name) != plan.name}
 
 
 def _open_leaf(node: ModelNode, options: MergeOptions, plugins: Plugins,
@@ -550,7 +577,7 @@ def _tree_chunkable(root: Op) -> bool:
 
 
 def _plan_keys(root: Op, architecture: Architecture, leaves: list[Leaf], fallback: Leaf | None,
-               options: MergeOptions, encoder: OutputEncoder | None, notes: list[str]) -> list[KeyPlan]:
+               options: MergeOptions, encoder: OutputEncoder | None, notes: list[str], layout: Leaf) -> list[KeyPlan]:
     order: dict[str, None] = {}
     sources = ([fallback] if fallback else []) + leaves
     for leaf in leaves + ([fallback] if fallback else []):
@@ -559,8 +586,15 @@ def _plan_keys(root: Op, architecture: Architecture, leaves: list[Leaf], fallbac
     chunkable = encoder is None and _tree_chunkable(root)
     plans: list[KeyPlan] = []
     dropped = unknown_keys = orphaned = 0
+    # optional parts the layout model (and the fallback, which the user gave to provide keys) leaves out
+    held = set(layout.source.keys()) | (set(fallback.source.keys()) if fallback else set())  # type: ignore[union-attr]
+    absent = absent_components(architecture, held)
+    outside: dict[str, int] = {}
     for key in order:
         spec = architecture.key_specs.get(key)
+        if spec is not None and spec.component in absent:
+            outside[spec.component] = outside.get(spec.component, 0) + 1
+            continue
         holders = [leaf for leaf in sources if key in leaf.source.keys()]  # type: ignore[union-attr]
         infos = [(leaf, leaf.source.info(key)) for leaf in holders]  # type: ignore[union-attr]
         first = infos[0][1]
@@ -591,8 +625,14 @@ def _plan_keys(root: Op, architecture: Architecture, leaves: list[Leaf], fallbac
             orphaned += 1
             continue
         stored = donor.source.info(key)  # type: ignore[union-attr]
-        plans.append(KeyPlan(key, spec, stored.shape, False, stored.torch_dtype_name, copy_from=donor))
+        out_dtype = options.save_dtype if options.save_dtype_all and dtypes.is_float_name(stored.torch_dtype_name) \
+            else stored.torch_dtype_name
+        plans.append(KeyPlan(key, spec, stored.shape, False, out_dtype, copy_from=donor))
     _check_drop_patterns(options.drop, order, architecture)
+    if outside:
+        parts = ", ".join(f"{name} ({count} keys)" for name, count in sorted(outside.items()))
+        notes.append(f"left out {parts}: the output keeps the packaging of {layout.label}, which lacks them "
+                     f"(layout= names another model)")
     if unknown_keys:
         notes.append(f"{unknown_keys} keys unknown to {architecture.name} were copied unchanged")
     if dropped:

@@ -75,6 +75,7 @@ class KeyRunner:
         self.options = plan.options
         self.cancelled = threading.Event()
         self.nonfinite: list[str] = []
+        self.clamped: dict[str, int] = {}  # key -> values clamped to the fp8 save dtype's range
         self._lock = threading.Lock()
         self.uses: dict[int, int] = {}
         self._count_uses(plan.root)
@@ -111,6 +112,8 @@ class KeyRunner:
             assert plan.copy_from is not None and plan.copy_from.source is not None
             tensor = plan.copy_from.source.read(plan.name)
             self._check_finite(plan, tensor, [plan.copy_from.label])
+            if dtypes.name_of(tensor.dtype) != plan.out_dtype:  # save_dtype_all
+                tensor = self._cast(plan, tensor, dtypes.to_torch(plan.out_dtype))
             self.sink.write(plan.name, tensor.contiguous())
             return tensor.numel() * tensor.element_size()
         present: dict[int, bool] = {}
@@ -124,7 +127,7 @@ class KeyRunner:
             self._check_finite(plan, result)
             written = 0
             for (name, _, dtype_name), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
-                out = tensor.to(device="cpu", dtype=dtypes.to_torch(dtype_name)).contiguous()
+                out = self._cast(plan, tensor.to(device="cpu"), dtypes.to_torch(dtype_name)).contiguous()
                 self.sink.write(name, out)
                 written += out.numel() * out.element_size()
             return written
@@ -136,15 +139,33 @@ class KeyRunner:
                 if self.cancelled.is_set():
                     raise _Cancelled()
                 stop = min(start + step, plan.numel)
-                out = self._evaluate(plan, (start, stop), present).to(device="cpu", dtype=out_dtype).contiguous()
-                self._check_finite(plan, out)
+                out = self._saved(plan, self._evaluate(plan, (start, stop), present).to(device="cpu"), out_dtype)
                 self.sink.write(plan.name, out, start)
                 written += out.numel() * out.element_size()
             return written
-        out = self._evaluate(plan, None, present).to(device="cpu", dtype=out_dtype).contiguous()
-        self._check_finite(plan, out)
+        out = self._saved(plan, self._evaluate(plan, None, present).to(device="cpu"), out_dtype)
         self.sink.write(plan.name, out)
         return out.numel() * out.element_size()
+
+    def _saved(self, plan: KeyPlan, result: Any, dtype: Any) -> Any:
+        """A result in the save dtype, checked for NaN/inf. An fp8 target is checked before the cast,
+        on the bounds that also tell whether values need clamping: one pass instead of two."""
+        if dtypes.is_fp8(dtype) and result.dtype != dtype and result.numel():
+            low, high = dtypes.bounds(result)
+            if not (math.isfinite(low) and math.isfinite(high)):
+                self._check_finite(plan, result)
+            return self._cast(plan, result, dtype, (low, high)).contiguous()
+        out = result.to(dtype=dtype).contiguous()
+        self._check_finite(plan, out)
+        return out
+
+    def _cast(self, plan: KeyPlan, tensor: Any, dtype: Any, known_bounds: tuple[float, float] | None = None) -> Any:
+        """`tensor` in the save dtype; values beyond an fp8 format's range are clamped and counted."""
+        out, clamped = dtypes.cast_for_save(tensor, dtype, known_bounds)
+        if clamped:
+            with self._lock:
+                self.clamped[plan.name] = self.clamped.get(plan.name, 0) + clamped
+        return out
 
     def _check_finite(self, plan: KeyPlan, out: Any, culprits: list[str] | None = None) -> None:
         """Apply the ``nonfinite`` option to a result (or a part of it); `culprits` are the inputs to
@@ -184,7 +205,7 @@ class KeyRunner:
                       and plan.name in op.leaf.source.keys()), None)  # type: ignore[union-attr]
         if donor is None or self.plan.encoder is not None:
             raise MergeError(f"key {plan.name!r}: every input that could provide it holds NaN or inf values")
-        out = donor.leaf.source.read(plan.name).to(dtype=dtypes.to_torch(plan.out_dtype)).contiguous()  # type: ignore[union-attr]
+        out = self._cast(plan, donor.leaf.source.read(plan.name), dtypes.to_torch(plan.out_dtype)).contiguous()  # type: ignore[union-attr]
         self.sink.write(plan.name, out)
         return out.numel() * out.element_size()
 
@@ -244,7 +265,9 @@ class KeyRunner:
             args = []
             for child in children:
                 value = self._value(child, plan, region, memo)
-                keep_dtype = method.stored_inputs and child.leaf is not None and value.is_floating_point()
+                # fp8 has almost no arithmetic kernels: a method always gets it upcast (this chunk only)
+                keep_dtype = method.stored_inputs and child.leaf is not None and value.is_floating_point() \
+                    and value.element_size() > 1
                 args.append(value.to(device=device) if keep_dtype else value.to(device=device, dtype=work))
             self._release(op, memo, remaining)
             result = self._invoke(op, args, hypers, plan, device, work)
@@ -358,10 +381,8 @@ def _all_finite(torch: Any, tensor: Any) -> bool:
     ``isfinite(x).all()``."""
     if tensor.numel() == 0 or not tensor.is_floating_point():
         return True
-    if tensor.element_size() == 1:  # float8: no min/max kernels on CPU; float16 holds every value
-        tensor = tensor.to(torch.float16)
-    low, high = torch.aminmax(tensor.reshape(-1))
-    return math.isfinite(low.item()) and math.isfinite(high.item())  # two scalars: no tensor ops
+    low, high = dtypes.bounds(tensor)
+    return math.isfinite(low) and math.isfinite(high)  # two scalars: no tensor ops
 
 
 def call_hypers(op: Op, positions: list[int], architecture: Architecture, spec: KeySpec) -> dict[str, Any]:
@@ -427,5 +448,10 @@ def run_plan(plan: MergePlan, sink: Sink, *, threads: int, progress: Progress | 
         return runner
     finally:
         torch.set_num_threads(previous_threads)
+        if runner.clamped:
+            save = plan.options.save_dtype
+            plan.notes.append(f"{sum(runner.clamped.values())} values in {len(runner.clamped)} keys exceeded the "
+                              f"{save} range and were clamped to +-{dtypes.FP8_MAX.get(save, 0):g} "
+                              f"(e.g. {next(iter(runner.clamped))!r})")
         if freeze:
             gc.unfreeze()

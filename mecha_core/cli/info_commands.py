@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..architecture import GENERIC, Architecture, generic_architecture
+from ..architecture import GENERIC, Architecture, absent_components, generic_architecture, match_by_keys
 from ..errors import MechaError, printable
 from ..merge import stored_recipe
 from ..merge_method import MergeMethod
@@ -85,6 +85,7 @@ def architecture_json(arch: Architecture) -> dict[str, Any]:
         "summary": arch.summary,
         "components": {c.name: {"blocks": list(c.blocks), "classes": list(arch.classes[c.name])}
                        for c in arch.components},
+        "optional_components": list(arch.optional_components),
         "keys": {name: {"shape": list(spec.shape), "dtype": spec.dtype, "component": spec.component,
                         "blocks": list(spec.blocks), "class": spec.class_, "merged": spec.merged,
                         "optional": spec.optional, "aliases": list(spec.aliases)}
@@ -119,6 +120,8 @@ def print_architecture(arch: Architecture, *, verbose: bool) -> None:
             if verbose:
                 for key in keys:
                     print(f"    - {key}")
+    if arch.optional_components:
+        print(f"Optional parts (files may leave them out): {', '.join(arch.optional_components)}")
 
 
 def _entry(name: str, keys: list[str], verbose: bool) -> None:
@@ -140,11 +143,11 @@ def run_inspect(args: argparse.Namespace) -> int:
             arch = generic_architecture([file.tensors])
         else:
             arch = plugins.architectures.get(arch_name).for_file(file) or plugins.architectures.get(arch_name)
+        absent: list[str] = []
         if model_type.name == "base":
-            canonical = {arch.canonical(name) for name in file.tensors}
-            unknown = sorted(name for name in canonical if name not in arch.key_specs)
-            missing = sorted(name for name, spec in arch.key_specs.items()
-                             if name not in canonical and not spec.optional)
+            match = match_by_keys(arch, file.tensors)
+            unknown, missing = list(match.unknown), list(match.missing)
+            absent = sorted(absent_components(arch, {arch.canonical(name) for name in file.tensors}))
         else:
             source = model_type.open(file, arch)
             targets = set(source.keys())
@@ -164,6 +167,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             "dtypes": dict(sorted(dtypes_count.items())),
             "unknown_keys": unknown,
             "missing_keys": missing,
+            "absent_parts": absent,
             "recipe": stored_recipe(file.metadata),
             "metadata_keys": sorted(file.metadata),
         }
@@ -181,6 +185,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     for label, text in report.get("details", {}).items():
         print(f"{label + ':':<14}{printable(str(text))}")
     print("dtypes:       " + ", ".join(f"{k} x{v}" for k, v in report["dtypes"].items()))
+    if absent:
+        print("without:      " + ", ".join(absent) + " (optional parts of " + arch_name + ")")
     for label, keys in (("unknown keys", unknown), ("missing keys", missing)):
         if keys:
             shown = keys if args.verbose else keys[:5]

@@ -39,9 +39,15 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                        help="dtype of the computation: fp32 (default), fp64, bf16, fp16 (-p/--dtype: sd-mecha "
                             "0.0.x's spelling)")
     merge.add_argument("-t", "--save-dtype", metavar="DTYPE",
-                       help="dtype of merged keys in the output: fp16 (default), fp32, bf16. Keys the recipe "
-                            "does not merge (copied from a model or --fallback: the VAE, say) keep their "
-                            "file's dtype")
+                       help="dtype of merged keys in the output: fp16 (default), fp32, bf16, fp64, fp8 "
+                            "(= fp8_e4m3fn), fp8_e5m2. Keys the recipe does not merge (copied from a model or "
+                            "--fallback: the VAE, say) keep their file's dtype unless --save-dtype-all")
+    merge.add_argument("--save-dtype-all", action="store_true",
+                       help="convert copied keys (a VAE, passed-through parts) to --save-dtype too; by default "
+                            "they keep their stored dtype")
+    merge.add_argument("--layout", metavar="MODEL", help="the recipe's model whose packaging the output keeps "
+                                                         "(parts such as FLUX.1's text encoders, key spellings; "
+                                                         "default: the first model)")
     merge.add_argument("--fallback", metavar="MODEL", help="model that provides the keys the recipe does not merge "
                                                            "(e.g. the VAE)")
     merge.add_argument("--drop", action="append", default=[], metavar="WHAT",
@@ -194,8 +200,8 @@ def run_merge(args: argparse.Namespace) -> int:
     options = dict(
         models_dir=args.models_dir, threads=args.threads, device=args.device,
         **{**file_options, **{k: v for k, v in given.items() if v is not None}},
-        nonfinite=args.nonfinite, save_as=save_as, save_options=save_options,
-        memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,
+        nonfinite=args.nonfinite, save_as=save_as, save_options=save_options, layout=args.layout,
+        save_dtype_all=args.save_dtype_all, memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,
         store_model_paths=args.store_model_paths, strict=args.strict)
     if args.dry_run:
         from .explain_command import show

@@ -121,21 +121,23 @@ def test_any_shape_through_merge(methods, name):
         assert bool(torch.isfinite(out[key]).all()), key
 
 
+@pytest.mark.parametrize("stored", [torch.float16, torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
 @pytest.mark.parametrize("name", NAMES)
-def test_fp16_inputs_with_fp32_work_dtype_equal_fp32_inputs(methods, name):
+def test_narrow_inputs_with_fp32_work_dtype_equal_fp32_inputs(methods, name, stored):
+    """fp16 and fp8 inputs (FLUX.1 files are shared in fp8) are upcast to the work dtype per chunk."""
     method = methods.merge_methods.get(name)
-    halves = mc.merge(build(method, torch.float16), work_dtype="fp32", save_dtype="fp32")
-    reference = mc.merge(_rebuilt_from_half(method), work_dtype="fp32", save_dtype="fp32")
+    narrow = mc.merge(build(method, stored), work_dtype="fp32", save_dtype="fp32")
+    reference = mc.merge(_rebuilt_from(method, stored), work_dtype="fp32", save_dtype="fp32")
     for key in SHAPES:
-        assert halves[key].dtype == torch.float32 and torch.equal(halves[key], reference[key]), key
+        assert narrow[key].dtype == torch.float32 and torch.equal(narrow[key], reference[key]), key
 
 
-def _rebuilt_from_half(method: mc.MergeMethod) -> Any:
-    """build() with fp32 models holding the values of its fp16 models."""
-    base = {k: v.half().float() for k, v in state_dict(99).items()}
+def _rebuilt_from(method: mc.MergeMethod, stored: torch.dtype) -> Any:
+    """build() with fp32 models holding the values of its models stored in `stored`."""
+    base = {k: v.to(stored).float() for k, v in state_dict(99).items()}
     nodes = []
     for i, space in enumerate(input_spaces(method)):
-        model = {k: v.half().float() for k, v in state_dict(i).items()}
+        model = {k: v.to(stored).float() for k, v in state_dict(i).items()}
         nodes.append(mc.subtract(model, base) if space is MergeSpace.DELTA else model)
     return method(*nodes, **EXERCISE.get(method.name, {}))
 

@@ -32,7 +32,7 @@ def test_success_is_0(folder, capsys):
     (["merge", "nope.mecha"], "nope.mecha: no such recipe file"),
     (["merge", "r.mecha", "--threads", "0"], "threads must be a whole number >= 1, got 0"),
     (["merge", "r.mecha", "--work-dtype", "int8"], "unknown work dtype 'int8'; available work dtypes: "),
-    (["merge", "r.mecha", "--save-dtype", "fp64"], "unknown save dtype 'fp64'; did you mean 'fp16'?"),
+    (["merge", "r.mecha", "--save-dtype", "fp7"], "unknown save dtype 'fp7'; did you mean 'fp8'?"),
     (["inspect", "nope.safetensors"], "nope.safetensors: no such file"),
     (["methods", "weighted_summ"], "unknown merge method 'weighted_summ'; did you mean 'weighted_sum'"),
     (["info", "sd99"], "unknown architecture 'sd99'; no architectures are available"),

@@ -4,6 +4,10 @@
 Merged: ``txt`` (CLIP-L), ``txt2`` (CLIP-G), ``t5xxl`` (T5-XXL) and ``unet`` (the MMDiT, named ``unet``
 as in sd-mecha). Each encoder's ``logit_scale`` scalar goes with its last block, as SDXL's does.
 Passed through unchanged: the VAE and the sampling sigmas (``scheduler``).
+
+Files are shared in several packagings: with all three text encoders, without T5-XXL
+(``sd3_medium_incl_clips``, the most downloaded), or the MMDiT alone (with or without the VAE). Every
+part but the MMDiT is an optional component, so each of them is detected as ``sd3``.
 """
 
 from __future__ import annotations
@@ -67,4 +71,5 @@ SD3 = Architecture(
     generate=generator(keys, pruned=PRUNED_COMPONENTS),
     model_spec={"architecture": "stable-diffusion-3-medium", "implementation": COMFYUI_IMPLEMENTATION,
                 "resolution": "1024x1024"},
+    optional_components=("txt", "txt2", "t5xxl", "vae", "scheduler"),
 )
