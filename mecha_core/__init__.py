@@ -32,6 +32,7 @@ from .output_file import OutputFile, save_tensors
 from .plugins import Plugins, get_plugins, load_plugins, set_plugins, using_plugins
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, compose, model, parameter
 from .recipe_format import deserialize, serialize
+from .recipe_formats import ReadRecipe, RecipeFormat
 from .spaces import Delta, MergeSpace, Same, Weight
 from .tensor_files import SafetensorsFile, TensorFile, TensorInfo, open_tensor_file
 
@@ -44,8 +45,8 @@ __all__ = [
     "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "Explanation", "KeySource", "KeySpec",
     "MechaError",
     "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace", "ModelFileError", "ModelNode",
-    "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins", "RecipeError",
-    "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorFile", "TensorInfo", "Weight", "blocks",
+    "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins", "ReadRecipe",
+    "RecipeError", "RecipeFormat",    "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorFile", "TensorInfo", "Weight", "blocks",
     "classes", "compose", "default", "deserialize", "dtypes", "explain", "get_plugins", "hookimpl", "keyspecs",
     "load_plugins",
     "merge", "merge_method", "methods", "model", "open_tensor_file", "parameter", "random_models", "save_tensors",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .cli_command import CliCommand
     from .merge_method import MergeMethod
     from .model_type import ModelType
+    from .recipe_formats import RecipeFormat
 
 hookspec = pluggy.HookspecMarker("mecha")
 hookimpl = pluggy.HookimplMarker("mecha")
@@ -64,4 +65,14 @@ def mecha_cli_commands() -> Iterable[CliCommand]:
         @hookimpl
         def mecha_cli_commands():
             return [CliCommand("make_toy_mlp", "write a random toy_mlp model", run, add_arguments)]
+    """
+
+
+@hookspec
+def mecha_recipe_formats() -> Iterable[RecipeFormat]:
+    """Recipe file formats: ``mecha_core.RecipeFormat`` objects that ``mecha merge`` reads by suffix.
+
+        @hookimpl
+        def mecha_recipe_formats():
+            return [RecipeFormat("mergekit", (".yml", ".yaml"), read_config)]
     """

@@ -5,10 +5,14 @@ sd-mecha key names so old recipes keep their meaning:
 
 - ``<arch>_<component>_default``: every key of the component;
 - ``<arch>_<component>_block_<block>``: the keys of a block (``sd1_unet_block_in3``);
-- ``<arch>_<component>_class_<class>``: the keys of a layer type (``sd1_unet_class_attn2_to_k``).
+- ``<arch>_<component>_class_<class>``: the keys of a layer type (``sd1_unet_class_attn2_to_k``);
+- ``<arch>_<component>_block_<block>_class_<class>``: the keys of a layer type in one block
+  (``llm_layers_block_layer3_class_mlp_up_proj``), for values that vary by block differently for
+  each layer type (mergekit's filtered gradients).
 
-For a key, the value is its class value if given, else the mean of the given values of its blocks,
-else its component default, else 0. Dicts combine with ``|``.
+For a key, the value is its block-and-class value if given (the mean over its blocks that have
+one), else its class value, else the mean of the given values of its blocks, else its component
+default, else 0. Dicts combine with ``|``.
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ def check_dict(values: Mapping[str, Any], architecture: Architecture, where: str
     """Refuse dict keys that name no component, block or class of the architecture."""
     valid = set(architecture.hyper_keys)
     for key in values:
-        if key not in valid:
+        if key not in valid and not _is_block_class_key(key, architecture):
             prefix = key.split("_", 1)[0]
             hint = ""
             if prefix != architecture.name and not key.startswith(architecture.name + "_"):
@@ -110,11 +114,26 @@ def check_dict(values: Mapping[str, Any], architecture: Architecture, where: str
                              f"{suggest(key, valid, what='key')}")
 
 
+def _is_block_class_key(key: str, architecture: Architecture) -> bool:
+    """Whether `key` is ``<arch>_<component>_block_<block>_class_<class>`` with all four known."""
+    for component in architecture.components:
+        prefix = f"{architecture.name}_{component.name}_block_"
+        if key.startswith(prefix):
+            block, separator, class_ = key[len(prefix):].partition("_class_")
+            if separator and block in component.blocks and class_ in architecture.classes[component.name]:
+                return True
+    return False
+
+
 def resolve(value: Any, architecture: Architecture, spec: KeySpec) -> Any:
     """The number a hyperparameter takes for one key."""
     if isinstance(value, Mapping):
         prefix = f"{architecture.name}_{spec.component}"
         if spec.class_ is not None:
+            by_both = [value[k] for k in (f"{prefix}_block_{b}_class_{spec.class_}" for b in spec.blocks)
+                       if k in value]
+            if by_both:
+                return sum(by_both) / len(by_both)
             by_class = value.get(f"{prefix}_class_{spec.class_}")
             if by_class is not None:
                 return by_class

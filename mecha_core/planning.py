@@ -17,6 +17,7 @@ from typing import Any
 from . import dtypes, hyper
 from .architecture import GENERIC, Architecture, ArchitectureMatch, KeySpec, generic_architecture, generic_key_spec, pick_architecture
 from .errors import MechaError, MergeError, RecipeError, from_signal, suggest
+from .key_rename import RenamedKeySource, renamed_tensors
 from .merge_method import MergeMethod
 from .model_type import BASE, KeySource, ModelType, OutputEncoder
 from .plugins import Plugins
@@ -152,6 +153,8 @@ def plan_merge(recipe: RecipeNode, options: MergeOptions, plugins: Plugins) -> M
         architecture = _settle_architecture(leaves + ([fallback] if fallback else []), plugins, notes)
         for leaf in leaves + ([fallback] if fallback else []):
             leaf.source = leaf.type.open(leaf.file, architecture)
+            if leaf.node.rename:
+                leaf.source = RenamedKeySource(leaf.source, leaf.node.rename)
         root = _bind(recipe, leaves_by_node, plugins)
         _check_hyper_dicts(recipe, architecture)
         encoder = _encoder(root, architecture, options, plugins)
@@ -394,7 +397,8 @@ def _settle_architecture(leaves: Sequence[Leaf], plugins: Plugins, notes: list[s
         raise MergeError("cannot merge models of different architectures: " + "; ".join(described))
     name = names.pop()
     if name == GENERIC:
-        return generic_architecture(leaf.file.tensors for leaf in leaves)
+        return generic_architecture(renamed_tensors(leaf.file.tensors, leaf.node.rename, leaf.label)
+                                    if leaf.node.rename else leaf.file.tensors for leaf in leaves)
     return _specialized(plugins.architectures.get(name), leaves)
 
 

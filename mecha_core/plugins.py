@@ -28,6 +28,7 @@ from .cli_command import CliCommand
 from .errors import PluginError, from_signal, unknown
 from .merge_method import MergeMethod
 from .model_type import ModelType
+from .recipe_formats import RecipeFormat
 
 ENTRY_POINT_GROUP = "mecha"
 CORE_PLUGINS = ("mecha_core.builtin",)
@@ -94,6 +95,7 @@ HOOKS: dict[str, tuple[str, str, type]] = {
     "architectures": ("mecha_architectures", "architecture", Architecture),
     "model_types": ("mecha_model_types", "model type", ModelType),
     "cli_commands": ("mecha_cli_commands", "CLI command", CliCommand),
+    "recipe_formats": ("mecha_recipe_formats", "recipe format", RecipeFormat),
 }
 
 
@@ -123,6 +125,10 @@ class Plugins:
     @property
     def cli_commands(self) -> Registry[CliCommand]:
         return self._registry("cli_commands")
+
+    @property
+    def recipe_formats(self) -> Registry[RecipeFormat]:
+        return self._registry("recipe_formats")
 
     def _registry(self, attribute: str) -> Registry[Any]:
         with self._lock:

@@ -57,7 +57,7 @@ class ModelNode(RecipeNode):
     """A model: a file path or name, or an in-memory state dict."""
 
     def __init__(self, source: str | os.PathLike[str] | Mapping[str, Any], arch: str | None = None,
-                 type: str | None = None) -> None:  # noqa: A002 - sd-mecha's spelling
+                 type: str | None = None, rename: str | None = None) -> None:  # noqa: A002 - sd-mecha's spelling
         if isinstance(source, os.PathLike):
             source = os.fspath(source)
         if not isinstance(source, (str, Mapping)):
@@ -67,6 +67,10 @@ class ModelNode(RecipeNode):
         self.source = source
         self.arch = arch or None
         self.type = type or None
+        if rename is not None:
+            from .key_rename import parse_rules
+            parse_rules(rename)  # refused here, where the recipe is written, not when the merge starts
+        self.rename = rename or None  # see key_rename: which keys this input provides, under which names
 
     @property
     def is_dict(self) -> bool:
@@ -85,10 +89,11 @@ class ModelNode(RecipeNode):
 
     def _identity(self) -> tuple[Any, ...]:
         source = id(self.source) if self.is_dict else self.source
-        return ("model", source, self.arch, self.type)
+        return ("model", source, self.arch, self.type, self.rename)
 
     def __repr__(self) -> str:
-        extra = "".join(f", {k}={v!r}" for k, v in (("arch", self.arch), ("type", self.type)) if v)
+        extra = "".join(f", {k}={v!r}" for k, v in (("arch", self.arch), ("type", self.type), ("rename", self.rename))
+                        if v)
         return f"model({self.label!r}{extra})"
 
 
@@ -350,12 +355,14 @@ def as_node(value: Any) -> RecipeNode:
 
 
 def model(source: str | os.PathLike[str] | Mapping[str, Any], arch: str | None = None,
-          type: str | None = None) -> ModelNode:  # noqa: A002 - sd-mecha's spelling
+          type: str | None = None, rename: str | None = None) -> ModelNode:  # noqa: A002 - sd-mecha's spelling
     """A model input: a file path, a name found in the models folders, or a state dict.
 
-    `arch` and `type` are detected from the file's header when not given.
+    `arch` and `type` are detected from the file's header when not given. `rename` reads some of its
+    keys under other names and leaves the rest out (``"model.layers.{8..15}.>model.layers.{0..7}."``;
+    see ``mecha_core.key_rename``).
     """
-    return ModelNode(source, arch, type)
+    return ModelNode(source, arch, type, rename)
 
 
 def parameter(name: str, space: str | MergeSpace = "weight") -> ParameterNode:

@@ -7,7 +7,8 @@ Reads the original sd-mecha 0.0.x grammar unchanged::
     dict sd1_unet_default=0.5 sd1_txt_block_in2=0.75
     merge "add_difference" &0 &1 alpha=&2
 
-and extends it: ``arch``/``type`` optional or as keywords (``model "a" arch="sd1"``), ``#`` comments,
+and extends it: ``arch``/``type`` optional or as keywords (``model "a" arch="sd1"``), ``rename=`` on a
+``model`` (see ``mecha_core.key_rename``), ``#`` comments,
 blank lines, ``\\"`` escapes, ``true``/``false``, lists ``[0.5, &2]`` for per-model hyperparameters,
 ``device=``/``dtype=`` on a ``merge``, ``call`` as a synonym of ``merge``, and a ``version`` line
 first. ``&N`` counts instructions from 0; comments, blank lines and the version line are not
@@ -246,15 +247,16 @@ class _Parser:
             raise _LineError('expected: model "path" ["arch" ["type"]]')
         if len(args) > 3:
             raise _LineError('too many values; expected: model "path" ["arch" ["type"]]')
-        unknown = set(kwargs) - {"arch", "type"}
+        unknown = set(kwargs) - {"arch", "type", "rename"}
         if unknown:
-            raise _LineError(f"unknown option {sorted(unknown)[0]!r} for model; expected arch= or type=")
+            raise _LineError(f"unknown option {sorted(unknown)[0]!r} for model; expected arch=, type= or rename=")
         arch = kwargs.get("arch", args[1] if len(args) > 1 else None)
         model_type = kwargs.get("type", args[2] if len(args) > 2 else None)
-        for name, value in (("arch", arch), ("type", model_type)):
+        rename = kwargs.get("rename")
+        for name, value in (("arch", arch), ("type", model_type), ("rename", rename)):
             if value is not None and not isinstance(value, str):
                 raise _LineError(f"{name} must be a string")
-        return ModelNode(args[0], arch, model_type)
+        return ModelNode(args[0], arch, model_type, rename)
 
     def _parameter(self, args: list[Any], kwargs: dict[str, Any]) -> ParameterNode:
         """``parameter "name" ["space" ["arch"]]``: the third value is the architecture sd-mecha 0.0.x wrote
@@ -380,7 +382,8 @@ def serialize(recipe: RecipeNode) -> str:
                 raise RecipeError("an in-memory model cannot be written to a .mecha recipe; save it to a "
                                   ".safetensors file and use its path")
             line = "model " + _quote(str(node.source))
-            line += "".join(f" {k}={_quote(v)}" for k, v in (("arch", node.arch), ("type", node.type)) if v)
+            line += "".join(f" {k}={_quote(v)}" for k, v in (("arch", node.arch), ("type", node.type),
+                                                            ("rename", node.rename)) if v)
         elif isinstance(node, ParameterNode):
             line = f"parameter {_quote(node.name)} {_quote(node.space.value)}"
         elif isinstance(node, MergeNode):

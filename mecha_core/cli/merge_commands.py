@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ from ..planning import KeyPlan, MergePlan
 from ..plugins import Plugins
 from ..recipe import ModelNode, RecipeNode, compose
 from ..recipe_format import deserialize, serialize
+from ..recipe_formats import format_for, read_with
 
 
 def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
     merge = commands.add_parser("merge", parents=[common], help="run a .mecha recipe into a safetensors file",
                                 description="Run a .mecha recipe, key by key, into a safetensors file.")
-    merge.add_argument("recipe", help="the .mecha recipe file ('-' reads standard input)")
+    merge.add_argument("recipe", help="the .mecha recipe file ('-' reads standard input), or a file of a recipe "
+                                      "format a plugin reads (mecha plugins lists them)")
     merge.add_argument("-o", "--output", help="output file, or model folder when it ends with / (default: the "
                                               "recipe's name with .safetensors, in the current folder)")
     merge.add_argument("--models-dir", "--models-directory", action="append", metavar="DIR",
@@ -139,6 +142,20 @@ def _recipe_path(argument: str) -> Path:
     return path
 
 
+def _read_recipe_file(argument: str) -> tuple[RecipeNode | Path, Mapping[str, Any]]:
+    """The recipe and the merge options its file sets: a plugin's format (by suffix), else a ``.mecha``
+    file, given to merge() as a path so that the output may not replace it."""
+    from ..plugins import get_plugins
+    if argument == "-":
+        return _read_recipe("-"), {}
+    plugins = get_plugins()
+    found = format_for(Path(argument), plugins.recipe_formats.values())
+    if found is None:
+        return _recipe_path(argument), {}
+    read = read_with(found, _recipe_path(argument), plugins.provider("recipe_formats", found.name).label)
+    return read.recipe, read.options
+
+
 def _default_output(recipe: str) -> Path:
     if recipe == "-":
         return Path("merge.safetensors")
@@ -146,8 +163,7 @@ def _default_output(recipe: str) -> Path:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    # a recipe file goes to merge() as a path, so that the output may not replace it
-    recipe = _read_recipe("-") if args.recipe == "-" else _recipe_path(args.recipe)
+    recipe, file_options = _read_recipe_file(args.recipe)
     save_as = None
     save_options: dict[str, Any] = {}
     for name in args.save_types:
@@ -159,11 +175,15 @@ def run_merge(args: argparse.Namespace) -> int:
             save_as = name
             save_options = {get_plugins().model_types.get(name).save_option: value}
     output = args.output if args.output else _default_output(args.recipe)
+    given = {  # the command line wins over the options the recipe file sets
+        "work_dtype": args.work_dtype and dtypes.parse(args.work_dtype, dtypes.WORK_DTYPES, "work dtype"),
+        "save_dtype": args.save_dtype and dtypes.parse(args.save_dtype, dtypes.SAVE_DTYPES, "save dtype"),
+        "fallback_model": ModelNode(args.fallback) if args.fallback else None,
+        "drop": args.drop or None,
+    }
     options = dict(
         models_dir=args.models_dir, threads=args.threads, device=args.device,
-        work_dtype=args.work_dtype and dtypes.parse(args.work_dtype, dtypes.WORK_DTYPES, "work dtype"),
-        save_dtype=args.save_dtype and dtypes.parse(args.save_dtype, dtypes.SAVE_DTYPES, "save dtype"),
-        fallback_model=ModelNode(args.fallback) if args.fallback else None, drop=args.drop,
+        **{**file_options, **{k: v for k, v in given.items() if v is not None}},
         nonfinite=args.nonfinite, save_as=save_as, save_options=save_options,
         memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,
         store_model_paths=args.store_model_paths, strict=args.strict)
