@@ -75,14 +75,15 @@ def write_llama(folder: Path, tensors: dict[str, torch.Tensor], layers: int) -> 
     return folder
 
 
-@pytest.fixture
-def llamas(tmp_path: Path) -> dict[str, Path]:
+@pytest.fixture(scope="session")
+def llamas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A base and three fine-tunes of it (4 layers, fp32), and an unrelated model with 6 layers."""
+    folder = tmp_path_factory.mktemp("llamas")
     base = llama_tensors(4, seed=0)
-    folders = {"base": write_llama(tmp_path / "base", base, 4)}
+    folders = {"base": write_llama(folder / "base", base, 4)}
     for i, name in enumerate(("a", "b", "c"), start=1):
-        folders[name] = write_llama(tmp_path / name, llama_tensors(4, seed=i, base=base), 4)
-    folders["deep"] = write_llama(tmp_path / "deep", llama_tensors(6, seed=9), 6)
+        folders[name] = write_llama(folder / name, llama_tensors(4, seed=i, base=base), 4)
+    folders["deep"] = write_llama(folder / "deep", llama_tensors(6, seed=9), 6)
     return folders
 
 
@@ -94,8 +95,8 @@ def mecha_config(text: str, folders: dict[str, Path], tmp_path: Path, name: str 
     return path
 
 
-def mergekit_config(text: str, folders: dict[str, Path], tmp_path: Path) -> Path:
-    path = tmp_path / "mergekit.yml"
+def mergekit_config(text: str, folders: dict[str, Path], tmp_path: Path, name: str = "mergekit.yml") -> Path:
+    path = tmp_path / name
     path.write_text(_fill(text, folders))
     return path
 
@@ -133,13 +134,30 @@ def mergekit_python() -> Path:
     return python
 
 
-def run_mergekit(python: Path, config: Path, out: Path, *extra: str) -> dict[str, torch.Tensor]:
-    """mergekit-yaml on the CPU; the merged tensors."""
-    code = "import sys; from mergekit.scripts.run_yaml import main; sys.exit(main())"
-    result = subprocess.run([str(python), "-c", code, str(config), str(out), "--no-lazy-unpickle", *extra],
-                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                                 "TRANSFORMERS_OFFLINE": "1"})
+_RUN_ALL = """
+import sys
+import yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+
+for config, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    with open(config) as file:
+        run_merge(MergeConfiguration.model_validate(yaml.safe_load(file)), out,
+                  MergeOptions(quiet=True, write_model_card=False))
+"""
+
+
+def run_mergekit(python: Path, jobs: list[tuple[Path, Path]]) -> None:
+    """mergekit (its run_merge, what mergekit-yaml calls) on the CPU, every (config, output folder) in
+    one process: importing mergekit costs more than merging tiny models."""
+    arguments = [str(part) for job in jobs for part in job]
+    result = subprocess.run([str(python), "-c", _RUN_ALL, *arguments], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def merged_tensors(out: Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, Any] = {}
     for shard in sorted(out.glob("*.safetensors")):
         tensors.update(read_tensors(shard))

@@ -15,7 +15,7 @@ import torch
 
 from mecha_core.cli import main
 
-from .conftest import mecha_config, mergekit_config, read_tensors, run_mergekit
+from .conftest import mecha_config, merged_tensors, mergekit_config, read_tensors, run_mergekit
 
 GRADIENT_T = """
   t:
@@ -251,6 +251,15 @@ dtype: float32
 }
 
 
+@pytest.fixture(scope="session")
+def expected(llamas, mergekit_python, tmp_path_factory) -> dict[str, Path]:
+    """mergekit's output folder for every case (one mergekit process for all)."""
+    folder = tmp_path_factory.mktemp("mergekit")
+    jobs = [(mergekit_config(text, llamas, folder, f"{case}.yml"), folder / case) for case, text in CASES.items()]
+    run_mergekit(mergekit_python, jobs)
+    return {case: out for case, (_, out) in zip(CASES, jobs)}
+
+
 def run_mecha(text: str, llamas: dict[str, Path], tmp_path: Path) -> dict[str, torch.Tensor]:
     config = mecha_config(text, llamas, tmp_path)
     out = tmp_path / "mecha.safetensors"
@@ -259,11 +268,11 @@ def run_mecha(text: str, llamas: dict[str, Path], tmp_path: Path) -> dict[str, t
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_same_result_as_mergekit(case, plugins, llamas, tmp_path, mergekit_python):
-    text = CASES[case]
-    expected = run_mergekit(mergekit_python, mergekit_config(text, llamas, tmp_path), tmp_path / "mergekit")
-    merged = run_mecha(text, llamas, tmp_path)
-    assert sorted(merged) == sorted(expected)
-    for key, value in expected.items():
+def test_same_result_as_mergekit(case, plugins, llamas, tmp_path, expected):
+    reference = merged_tensors(expected[case])
+    merged = run_mecha(CASES[case], llamas, tmp_path)
+    assert sorted(merged) == sorted(reference)
+    for key, value in reference.items():
         assert merged[key].dtype == value.dtype, key
         torch.testing.assert_close(merged[key], value, rtol=2e-5, atol=2e-6, msg=lambda m: f"{case}, {key}: {m}")
+

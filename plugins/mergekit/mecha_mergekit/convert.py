@@ -172,11 +172,13 @@ class _SliceBuilder:
         others = [i for i in inputs if i is not base] if method.base != JOINS else inputs
         count = len(others)
         if count < method.min_models or (method.max_models is not None and count > method.max_models):
-            wanted = (f"exactly {method.min_models}" if method.max_models == method.min_models
-                      else f"at most {method.max_models}" if method.max_models is not None
-                      else f"at least {method.min_models}")
-            kind = "models besides the base" if method.base != JOINS else "models"
-            raise config.error(f"{where}: merge_method {config.merge_method} takes {wanted} {kind}, got {count}")
+            bound, wanted = ((method.min_models, "exactly") if method.max_models == method.min_models
+                             else (method.max_models, "at most") if method.max_models is not None
+                             else (method.min_models, "at least"))
+            noun = "model" if bound == 1 else "models"
+            kind = f"{noun} besides the base" if method.base != JOINS else noun
+            raise config.error(f"{where}: merge_method {config.merge_method} takes {wanted} {bound} {kind}, "
+                               f"got {count}")
         if not method.mecha:  # passthrough
             self._check_fixed(out_slice, positions, others)
             return others[0].node
