@@ -12,7 +12,9 @@ mecha-sd1 generator), and an SDXL checkpoint with a LoRA:
 - ``32``: n_average of 32 models (hard links to the 8 files, so the page cache holds them): memory must
   stay within 10% of the 8-model run, wall time must grow linearly with the bytes read;
 - ``lora``: rank-32 kohya LoRAs baked into an SDXL checkpoint, against a plain copy of the checkpoint:
-  a LoRA of the linear layers (kohya's default) and a LoCon (the 3x3 convolutions too).
+  a LoRA of the linear layers (kohya's default) and a LoCon (the 3x3 convolutions too);
+- ``llm``: two random Llama models of TinyLlama's shapes (1.1 G parameters, fp16) merged with ties and
+  with slerp from one mergekit configuration, mecha against mergekit-yaml (bench/llm.py).
 
 Each run is a separate process; its peak private memory is the largest sum of ``RssAnon`` over the
 process tree, sampled every 10 ms. Each measurement is the fastest of ``--repeat`` runs (3); the runs
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -35,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from generate import ensure_lora, ensure_sd1, ensure_sdxl  # noqa: E402
+from llm import config_files, ensure_llamas, ensure_mergekit  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -80,14 +84,16 @@ def _rss_anon_kib(pid: int) -> int:
 REPEAT = 3
 
 
-def measure(runs: list[tuple[list[str], list[Path]]], output: Path, repeat: int) -> list[tuple[float, float, int]]:
+def measure(runs: list[tuple[list[str], list[Path]]] | list[tuple[list[str], list[Path], Path]], output: Path,
+            repeat: int) -> list[tuple[float, float, int]]:
     """For each (command, inputs): the fastest wall seconds of `repeat` runs, the highest peak private
     MiB of the process tree, and bytes read + written. The commands take turns, round after round, so
     that a slow spell of the VM's disk (a run can take twice as long as the next for reasons outside
-    the process) falls on all of them alike; the fastest run is the one that measures the program."""
+    the process) falls on all of them alike; the fastest run is the one that measures the program.
+    A run may name its own output (a file or a folder) as a third element."""
     rounds = []
     for round_number in range(1, repeat + 1):
-        rounds.append([_measure_once(command, inputs, output) for command, inputs in runs])
+        rounds.append([_measure_once(run[0], run[1], run[2] if len(run) > 2 else output) for run in runs])
         # every run's time, so that a reader sees the spread the fastest was picked from
         print(f"round {round_number}: " + ", ".join(f"{wall:.2f} s" for wall, _, _ in rounds[-1]), file=sys.stderr)
     return [(min(r[i][0] for r in rounds), max(r[i][1] for r in rounds), rounds[0][i][2]) for i in range(len(runs))]
@@ -98,7 +104,7 @@ def _measure_once(command: list[str], inputs: list[Path], output: Path) -> tuple
         with open(path, "rb") as f:
             while f.read(1 << 24):
                 pass
-    output.unlink(missing_ok=True)
+    _remove(output)
     os.sync()  # the previous run's output, written back and freed, costs this run nothing
     peak = 0
     started = time.perf_counter()
@@ -119,9 +125,22 @@ def _measure_once(command: list[str], inputs: list[Path], output: Path) -> tuple
     sampler.join()
     if status != 0:
         raise SystemExit(f"{' '.join(command)} failed with status {status}")
-    moved = sum(p.stat().st_size for p in inputs) + output.stat().st_size
-    output.unlink()
+    moved = sum(p.stat().st_size for p in inputs) + _size(output)
+    _remove(output)
     return wall, peak / 1024, moved
+
+
+def _remove(output: Path) -> None:
+    if output.is_dir():
+        shutil.rmtree(output)
+    else:
+        output.unlink(missing_ok=True)
+
+
+def _size(output: Path) -> int:
+    if output.is_dir():
+        return sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
+    return output.stat().st_size
 
 
 def recipe_file(folder: Path, name: str, lines: list[str]) -> Path:
@@ -194,6 +213,21 @@ def run(args: argparse.Namespace) -> list[Result]:
         for result in baked:
             result.ratio, result.against = result.wall / plain.wall, "plain copy"
         results += [plain, *baked]
+    if "llm" in args.only:
+        llamas = ensure_llamas(data)
+        mergekit_yaml = ensure_mergekit(data)
+        weights = [folder / "model.safetensors" for folder in llamas]
+        for method in ("ties", "slerp"):
+            ours, theirs = config_files(data, llamas, method)
+            runs = [([str(mergekit_yaml), str(theirs), str(data / "mergekit-out")], weights, data / "mergekit-out"),
+                    (mecha(ours, out, args.threads), weights, out)]
+            theirs_result, ours_result = (Result(name, *m) for name, m in zip(
+                (f"mergekit {method}, 2 Llama 1.1B fp16", f"mecha {method}, 2 Llama 1.1B fp16"),
+                measure(runs, out, args.repeat)))
+            ours_result.ratio, ours_result.against = ours_result.wall / theirs_result.wall, "mergekit"
+            results += [theirs_result, ours_result]
+            print(f"{method}: peak memory {ours_result.peak_mib / theirs_result.peak_mib:.2f}x mergekit's",
+                  file=sys.stderr)
     return results
 
 
@@ -210,7 +244,8 @@ def table(results: list[Result]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(HERE / "data"), help="folder for the generated checkpoints")
-    parser.add_argument("--only", nargs="+", default=["2", "8", "32", "lora"], choices=["2", "8", "32", "lora"])
+    parser.add_argument("--only", nargs="+", default=["2", "8", "32", "lora", "llm"],
+                        choices=["2", "8", "32", "lora", "llm"])
     parser.add_argument("--threads", type=int, help="mecha's --threads (default: mecha's own choice)")
     parser.add_argument("--repeat", type=int, default=REPEAT, help="runs per measurement; the fastest counts")
     args = parser.parse_args()

@@ -46,9 +46,9 @@ __all__ = [
     "MechaError",
     "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace", "ModelFileError", "ModelNode",
     "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins", "ReadRecipe",
-    "RecipeError", "RecipeFormat",    "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorFile", "TensorInfo", "Weight", "blocks",
-    "classes", "compose", "default", "deserialize", "dtypes", "explain", "get_plugins", "hookimpl", "keyspecs",
-    "load_plugins",
+    "RecipeError", "RecipeFormat", "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorFile",
+    "TensorInfo", "Weight", "blocks", "classes", "compose", "default", "deserialize", "dtypes", "explain",
+    "get_plugins", "hookimpl", "keyspecs", "load_plugins",
     "merge", "merge_method", "methods", "model", "open_tensor_file", "parameter", "random_models", "save_tensors",
     "serialize", "set_plugins", "using_plugins",
 ]

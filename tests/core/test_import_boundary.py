@@ -46,7 +46,7 @@ def allowed(what: str) -> bool:
 
 def test_the_plugins_are_found():
     names = {path.relative_to(ROOT).parts[1] for path in PLUGIN_SOURCES if path.parts[-3] != "examples"}
-    assert {"methods", "sd1", "sdxl", "sd3", "lora", "sdblocks"} <= names
+    assert {"methods", "sd1", "sdxl", "sd3", "lora", "sdblocks", "mergekit"} <= names
 
 
 @pytest.mark.parametrize("path", PLUGIN_SOURCES, ids=lambda p: str(p.relative_to(ROOT)))

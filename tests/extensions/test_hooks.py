@@ -121,6 +121,21 @@ def test_hook_mecha_cli_commands(mecha_plugins, mecha_cli, tmp_path):
     assert mecha_cli("count_parameters", model).out == f"{6 + 6 + 2}\n"
 
 
+def test_hook_mecha_recipe_formats(mecha_plugins, mecha_cli, tmp_path):
+    import mecha_methods
+    mecha_plugins.register(mecha_methods, "methods")
+    mecha_plugins.register(doc_example("mecha_recipe_formats"), "pairs")  # the documentation's ".pair" format
+    a = write_model(pair_model(1.0), tmp_path / "a.safetensors")
+    b = write_model(pair_model(3.0), tmp_path / "b.safetensors")
+    (tmp_path / "mix.pair").write_text(f"{a} {b}")
+    result = mecha_cli("merge", tmp_path / "mix.pair", "-o", tmp_path / "out.safetensors", "--quiet")
+    assert result.status == 0, result.err
+    with mecha.open_tensor_file(tmp_path / "out.safetensors") as file:
+        assert file.tensors["second.weight"].torch_dtype_name == "bfloat16"  # the format's option
+        assert file.read("second.weight").float().tolist() == [[2.0, 2.0]] * 3  # (1 + 3) / 2
+    assert "recipe_formats" in mecha_cli("plugins", "--json").out
+
+
 # meta-tests ------------------------------------------------------------------------------------------
 def documented_hooks() -> dict[str, str]:
     """Hook name -> the signature its heading in docs/plugins.md shows."""

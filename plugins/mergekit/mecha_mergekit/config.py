@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mecha_core import MechaError
-from mecha_core.errors import unknown
+
+from .names import unknown
 
 TOP_LEVEL = ("models", "slices", "merge_method", "base_model", "dtype", "out_dtype", "tokenizer_source", "parameters")
 NOT_YET = {

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from mecha_core import MechaError, ReadRecipe, RecipeNode, get_plugins, model
-from mecha_core.errors import unknown
 
 from .config import MergekitConfig, Slice, Source, load_config
 from .layout import ModelLayout, read_layout
 from .methods import JOINS, METHODS, OPTIONAL, REQUIRED, MethodMap
+from .names import unknown
 from .settings import encode, lookup
 
 _SAVE_DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "float16": "fp16", "bfloat16": "bf16",
