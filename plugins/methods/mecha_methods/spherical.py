@@ -54,15 +54,15 @@ def nuslerp(a: Same, b: Same, *, weight: tuple[float, ...] = 1.0, nuslerp_flatte
     weight = per_model(weight, 2)
     total = weight[0] + weight[1]
     t = 0.5 if abs(total) < 1e-6 else weight[1] / total
+    if a.numel() == 0:
+        return a.lerp(b, t)
+    if nuslerp_flatten or a.dim() < 2:
+        return _slerp_whole(a, b, t)
     x, y = computable(a), computable(b)
-    if nuslerp_flatten or x.dim() < 2:
-        vectors_x, vectors_y = x.reshape(1, -1), y.reshape(1, -1)
-    elif nuslerp_row_wise:
+    if nuslerp_row_wise:
         vectors_x, vectors_y = x.movedim(0, -1), y.movedim(0, -1)
     else:
         vectors_x, vectors_y = x, y
-    if x.numel() == 0:
-        return a.lerp(b, t)
     unit_x = vectors_x / torch.linalg.vector_norm(vectors_x, dim=-1, keepdim=True).clamp_min(1e-7)
     unit_y = vectors_y / torch.linalg.vector_norm(vectors_y, dim=-1, keepdim=True).clamp_min(1e-7)
     cosine = (unit_x * unit_y).sum(dim=-1, keepdim=True).clamp(-1.0, 1.0)
@@ -71,9 +71,44 @@ def nuslerp(a: Same, b: Same, *, weight: tuple[float, ...] = 1.0, nuslerp_flatte
     sine = torch.where(degenerate, torch.ones_like(omega), torch.sin(omega))
     curved = (torch.sin((1 - t) * omega) * vectors_x + torch.sin(t * omega) * vectors_y) / sine
     result = torch.where(degenerate, vectors_x.lerp(vectors_y, t), curved)
-    if not nuslerp_flatten and x.dim() >= 2 and nuslerp_row_wise:
+    if nuslerp_row_wise:
         result = result.movedim(-1, 0)
     return result.reshape(a.shape).to(a.dtype)
+
+
+_CHUNK = 1 << 20  # elements: the whole-tensor slerp's float32 temporaries stay a few MiB
+
+
+def _slerp_whole(a: Tensor, b: Tensor, t: float) -> Tensor:
+    """nuslerp over the whole flattened tensors, a chunk at a time: the norms and the dot product are
+    summed chunk by chunk in float64, then each chunk of the result is written into a tensor of a's
+    dtype, so memory holds the result and one chunk's temporaries, not float32 copies of everything
+    (an LLM's embedding matrix is 65 M entries)."""
+    import math
+
+    import torch
+
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    squares_a = squares_b = dot = 0.0
+    for start in range(0, flat_a.numel(), _CHUNK):
+        x, y = flat_a[start:start + _CHUNK].double(), flat_b[start:start + _CHUNK].double()
+        squares_a += float(x.square().sum())
+        squares_b += float(y.square().sum())
+        dot += float((x * y).sum())
+    norm_a, norm_b = max(math.sqrt(squares_a), 1e-7), max(math.sqrt(squares_b), 1e-7)
+    cosine = min(max(dot / (norm_a * norm_b), -1.0), 1.0)
+    if 1 - cosine * cosine <= 1e-16:
+        coefficient_a, coefficient_b = 1 - t, t
+    else:
+        omega = math.acos(cosine)
+        coefficient_a = math.sin((1 - t) * omega) / math.sin(omega)
+        coefficient_b = math.sin(t * omega) / math.sin(omega)
+    result = torch.empty_like(flat_a)
+    for start in range(0, flat_a.numel(), _CHUNK):
+        x = computable(flat_a[start:start + _CHUNK])
+        y = computable(flat_b[start:start + _CHUNK])
+        result[start:start + _CHUNK] = x * coefficient_a + y * coefficient_b
+    return result.reshape(a.shape)
 
 
 @merge_method
