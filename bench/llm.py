@@ -93,11 +93,8 @@ def ensure_mergekit(folder: Path) -> Path:
     return script
 
 
-def config_files(folder: Path, models: list[Path], method: str) -> tuple[Path, Path]:
-    """The same configuration for mecha (the models' safetensors files) and mergekit (their folders)."""
-    text = CONFIGS[method]
-    ours = folder / f"llm-{method}.yml"
-    ours.write_text(text.format(a=models[0] / "model.safetensors", b=models[1] / "model.safetensors"))
-    theirs = folder / f"llm-{method}-mergekit.yml"
-    theirs.write_text(text.format(a=models[0], b=models[1]))
-    return ours, theirs
+def config_file(folder: Path, models: list[Path], method: str) -> Path:
+    """The configuration both tools run, naming the model folders."""
+    path = folder / f"llm-{method}.yml"
+    path.write_text(CONFIGS[method].format(a=models[0], b=models[1]))
+    return path

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from generate import ensure_lora, ensure_sd1, ensure_sdxl  # noqa: E402
-from llm import config_files, ensure_llamas, ensure_mergekit  # noqa: E402
+from llm import config_file, ensure_llamas, ensure_mergekit  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -218,9 +218,9 @@ def run(args: argparse.Namespace) -> list[Result]:
         mergekit_yaml = ensure_mergekit(data)
         weights = [folder / "model.safetensors" for folder in llamas]
         for method in ("ties", "slerp"):
-            ours, theirs = config_files(data, llamas, method)
-            runs = [([str(mergekit_yaml), str(theirs), str(data / "mergekit-out")], weights, data / "mergekit-out"),
-                    (mecha(ours, out, args.threads), weights, out)]
+            config = config_file(data, llamas, method)
+            runs = [([str(mergekit_yaml), str(config), str(data / "mergekit-out")], weights, data / "mergekit-out"),
+                    (mecha(config, out, args.threads), weights, out)]
             theirs_result, ours_result = (Result(name, *m) for name, m in zip(
                 (f"mergekit {method}, 2 Llama 1.1B fp16", f"mecha {method}, 2 Llama 1.1B fp16"),
                 measure(runs, out, args.repeat)))

@@ -88,10 +88,9 @@ def llamas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def mecha_config(text: str, folders: dict[str, Path], tmp_path: Path, name: str = "mecha.yml") -> Path:
-    """The configuration for mecha: `@a` is a model's safetensors file (mecha reads files; folders come
-    with the llm plugin's sharded checkpoints)."""
+    """A configuration file; `@a` is the folder of model `a` (mecha and mergekit read the same file)."""
     path = tmp_path / name
-    path.write_text(_fill(text, {k: v / "model.safetensors" for k, v in folders.items()}))
+    path.write_text(_fill(text, folders))
     return path
 
 

@@ -102,13 +102,13 @@ slices:
 merge_method: passthrough
 """
     recipe = convert(text, llamas, tmp_path)
-    a, b = llamas["a"] / "model.safetensors", llamas["b"] / "model.safetensors"
+    a, b = llamas["a"], llamas["b"]
     assert f'model "{a}" rename="model.layers.{{0..1}}.>model.layers.{{0..1}}., model.embed_tokens.weight"' in recipe
     assert (f'model "{b}" rename="model.layers.{{1..3}}.>model.layers.{{2..4}}., lm_head.weight, '
             f'model.norm.weight"') in recipe
     out = tmp_path / "stacked.safetensors"
     assert main(["merge", str(mecha_config(text, llamas, tmp_path)), "-o", str(out), "--quiet"]) == 0
-    merged, first, second = (read_tensors(p) for p in (out, a, b))
+    merged, first, second = (read_tensors(p) for p in (out, a / "model.safetensors", b / "model.safetensors"))
     assert len([k for k in merged if k.endswith("mlp.up_proj.weight")]) == 5
     assert torch.equal(merged["model.layers.1.mlp.up_proj.weight"], first["model.layers.1.mlp.up_proj.weight"])
     assert torch.equal(merged["model.layers.2.mlp.up_proj.weight"], second["model.layers.1.mlp.up_proj.weight"])
@@ -162,3 +162,19 @@ def test_dare_drops_at_the_density_and_rescales(plugins, tmp_path):
     share = float((kept != 0).float().mean())
     assert 0.2 < share < 0.4
     torch.testing.assert_close(kept[kept != 0], delta[kept != 0] / 0.3, rtol=1e-4, atol=1e-6)
+
+
+def test_with_mecha_llm_the_recipe_names_llm_blocks_and_merges_the_same(plugins, llamas, tmp_path):
+    import mecha_llm
+    text = TIES.replace("weight: 1.0", "weight: [0.2, 0.8]") + "dtype: float32\n"
+    generic = tmp_path / "generic.safetensors"
+    assert main(["merge", str(mecha_config(text, llamas, tmp_path)), "-o", str(generic), "--quiet"]) == 0
+    plugins.register(mecha_llm, "llm")
+    recipe = mc.deserialize(convert(text, llamas, tmp_path))
+    assert recipe.hypers["weight"][0] == pytest.approx({
+        "llm_embed_default": 0.2, "llm_lm_head_default": 0.2, "llm_layers_block_layer0": 0.2,
+        "llm_layers_block_layer1": 0.4, "llm_layers_block_layer2": 0.6, "llm_layers_block_layer3": 0.8})
+    out = tmp_path / "llm"
+    assert main(["merge", str(mecha_config(text, llamas, tmp_path)), "-o", f"{out}/", "--quiet"]) == 0
+    merged, expected = read_tensors(out / "model.safetensors"), read_tensors(generic)
+    assert sorted(merged) == sorted(expected) and all(torch.equal(merged[k], expected[k]) for k in merged)

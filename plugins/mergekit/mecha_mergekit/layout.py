@@ -14,6 +14,7 @@ import dataclasses
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from mecha_core import KeySpec, MechaError, get_plugins, open_tensor_file
 
@@ -63,7 +64,7 @@ class ModelLayout:
 
 
 def read_layout(model: str, where: str) -> ModelLayout:
-    """Open a model's header (a file, or whatever ``mecha_core.open_tensor_file`` opens)."""
+    """Open a model's header: a safetensors file, a Hugging Face model folder or its shard index."""
     path = Path(model).expanduser()
     if not path.exists():
         raise MechaError(f"{where}: model {model!r} not found (mergekit model names are paths here; the hub is "
@@ -83,13 +84,12 @@ def read_layout(model: str, where: str) -> ModelLayout:
                        max(layers) + 1, arch, specs)
 
 
-def _architecture(file: object) -> tuple[str, dict[str, KeySpec]]:
+def _architecture(file: Any) -> tuple[str, dict[str, KeySpec]]:
     """The registered architecture that claims the file (its keys specialized to it), else generic."""
     plugins = get_plugins()
     for name in plugins.architectures:
         arch = plugins.architectures.get(name)
-        for_file = getattr(arch, "for_file", None)  # families of architectures (the LLMs) specialize
-        concrete = for_file(file) if for_file is not None else arch
+        concrete = arch.for_file(file)  # a family (the LLMs) specialized to this model
         if concrete is not None and concrete.match(file.tensors).matches:  # type: ignore[attr-defined]
             return name, dict(concrete.key_specs)
     return GENERIC, {}
