@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> list[Result]:
         llamas = ensure_llamas(data)
         mergekit_yaml = ensure_mergekit(data)
         weights = [folder / "model.safetensors" for folder in llamas]
-        for method in ("ties", "slerp"):
+        for method in args.llm_methods:
             config = config_file(data, llamas, method)
             runs = [([str(mergekit_yaml), str(config), str(data / "mergekit-out")], weights, data / "mergekit-out"),
                     (mecha(config, out, args.threads), weights, out)]
@@ -246,6 +246,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(HERE / "data"), help="folder for the generated checkpoints")
     parser.add_argument("--only", nargs="+", default=["2", "8", "32", "lora", "llm"],
                         choices=["2", "8", "32", "lora", "llm"])
+    parser.add_argument("--llm-methods", nargs="+", default=["ties", "slerp"], choices=["ties", "slerp"],
+                        help="the mergekit methods of the llm scenario")
     parser.add_argument("--threads", type=int, help="mecha's --threads (default: mecha's own choice)")
     parser.add_argument("--repeat", type=int, default=REPEAT, help="runs per measurement; the fastest counts")
     args = parser.parse_args()
