@@ -17,12 +17,13 @@ from typing import Any
 from . import dtypes, hyper
 from .architecture import GENERIC, Architecture, ArchitectureMatch, KeySpec, generic_architecture, generic_key_spec, pick_architecture
 from .errors import MechaError, MergeError, RecipeError
-from .merge_method import MergeMethod
+from .method_spec import MethodSpec
 from .model_type import BASE, KeySource, ModelType, OutputEncoder
 from .plugins import Plugins
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, infer_space, resolve_model_path, walk
 from .spaces import MergeSpace
 from .tensor_files import DictTensors, TensorFile, open_tensor_file
+from .traversal import post_order
 
 
 @dataclasses.dataclass(eq=False)
@@ -49,7 +50,7 @@ class Op:
 
     space: MergeSpace
     leaf: Leaf | None = None
-    method: MergeMethod | None = None
+    method: MethodSpec | None = None
     inputs: list[Op] = dataclasses.field(default_factory=list)
     hypers: dict[str, Any] = dataclasses.field(default_factory=dict)
     device: str | None = None
@@ -404,7 +405,7 @@ def provides(op: Op, key: str, memo: dict[int, bool]) -> bool:
 
     Computed bottom-up without recursion, so a recipe hundreds of merges deep is fine; `memo` keeps
     the answer of every node visited (and may be pre-filled, e.g. with inputs treated as missing)."""
-    for node in _unknown_post_order(op, memo):
+    for node in post_order(op, op_inputs, lambda node: id(node) in memo):
         if node.leaf is not None:
             assert node.leaf.source is not None
             result = key in node.leaf.source.keys()
@@ -438,40 +439,22 @@ def _usable(op: Op, have: list[bool]) -> list[int] | None:
     return kept
 
 
-def _unknown_post_order(root: Op, known: Mapping[int, Any]) -> list[Op]:
-    """The nodes under `root` (itself included) not in `known`, each after all its inputs."""
-    order: list[Op] = []
-    placed: set[int] = set()
-    stack: list[tuple[Op, bool]] = [(root, False)]
-    while stack:
-        op, expanded = stack.pop()
-        if id(op) in known or id(op) in placed:
-            continue
-        if expanded:
-            placed.add(id(op))
-            order.append(op)
-            continue
-        stack.append((op, True))
-        stack.extend((i, False) for i in reversed(op.inputs) if id(i) not in known and id(i) not in placed)
-    return order
+def op_inputs(op: Op) -> list[Op]:
+    """The inputs of a plan node, for :func:`mecha_core.traversal.post_order`."""
+    return op.inputs
 
 
 def _tree_chunkable(root: Op) -> bool:
-    stack, seen = [root], set()
-    while stack:
-        op = stack.pop()
-        if id(op) in seen:
-            continue
-        seen.add(id(op))
-        if op.leaf is not None:
-            if not getattr(op.leaf.source, "supports_ranges", False):
-                return False
-        else:
-            assert op.method is not None
-            if not op.method.elementwise or op.method.wants_generator or "cache" in op.method.context:
-                return False
-            stack.extend(op.inputs)
-    return True
+    return all(_chunkable(op) for op in post_order(root, op_inputs))
+
+
+def _chunkable(op: Op) -> bool:
+    """Whether a node can be evaluated on a flat range of a key: a model whose source reads ranges,
+    or an elementwise method needing neither a generator nor a cache."""
+    if op.leaf is not None:
+        return bool(getattr(op.leaf.source, "supports_ranges", False))
+    assert op.method is not None
+    return op.method.elementwise and not op.method.wants_generator and "cache" not in op.method.context
 
 
 def _plan_keys(root: Op, architecture: Architecture, leaves: list[Leaf], fallback: Leaf | None,

@@ -18,7 +18,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pluggy
 
@@ -26,8 +26,11 @@ from . import hookspecs
 from .architecture import Architecture
 from .cli_command import CliCommand
 from .errors import PluginError, unknown
-from .merge_method import MergeMethod
+from .method_spec import MethodSpec
 from .model_type import ModelType
+
+if TYPE_CHECKING:  # what the decorator makes of a method: a MethodSpec that builds recipes when called
+    from .merge_method import MergeMethod
 
 ENTRY_POINT_GROUP = "mecha"
 CORE_PLUGINS = ("mecha_core.builtin",)
@@ -89,12 +92,19 @@ class Registry(Generic[T]):
         return [self.items[name] for name in self]
 
 
+# registry -> (hook, what one item is, its class); a merge method is checked as the MethodSpec that
+# every MergeMethod is, since this module sits below the one building recipes
 HOOKS: dict[str, tuple[str, str, type]] = {
-    "merge_methods": ("mecha_merge_methods", "merge method", MergeMethod),
+    "merge_methods": ("mecha_merge_methods", "merge method", MethodSpec),
     "architectures": ("mecha_architectures", "architecture", Architecture),
     "model_types": ("mecha_model_types", "model type", ModelType),
     "cli_commands": ("mecha_cli_commands", "CLI command", CliCommand),
 }
+
+
+def spec_type_name(spec_type: type) -> str:
+    """The public name of the objects a hook returns (``MergeMethod`` for the ``MethodSpec`` checked)."""
+    return "MergeMethod" if spec_type is MethodSpec else spec_type.__name__
 
 
 class Plugins:
@@ -219,8 +229,8 @@ def _call_hook(impl: pluggy.HookImpl, hook_name: str, spec_type: type) -> tuple[
         return [], f"{hook_name}() raised {type(error).__name__}: {error}"
     wrong = next((item for item in items if not isinstance(item, spec_type)), None)
     if wrong is not None:
-        hint = " (decorate it with @mecha_core.merge_method)" if spec_type is MergeMethod and callable(wrong) else ""
-        return [], f"{hook_name}() returned {wrong!r}, expected {spec_type.__name__} objects{hint}"
+        hint = " (decorate it with @mecha_core.merge_method)" if spec_type is MethodSpec and callable(wrong) else ""
+        return [], f"{hook_name}() returned {wrong!r}, expected {spec_type_name(spec_type)} objects{hint}"
     return items, None
 
 

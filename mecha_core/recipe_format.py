@@ -26,9 +26,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import MechaError, RecipeError, RecipeSyntaxError
-from .merge_method import NODE_OPTIONS, MergeMethod
-from .recipe import MergeNode, ModelNode, ParameterNode, RecipeLine, RecipeNode, walk
+from .errors import MechaError, RecipeError, RecipeSyntaxError, suggest
+from .method_spec import MethodSpec
+from .plugins import Plugins, get_plugins
+from .recipe import NODE_OPTIONS, MergeNode, ModelNode, ParameterNode, RecipeLine, RecipeNode, walk
 
 FORMAT_VERSION = "1"
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
@@ -123,8 +124,9 @@ def _shorten(text: str, limit: int = 40) -> str:
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, plugins: Plugins | None = None) -> None:
         self.source = source
+        self.plugins = plugins or get_plugins()
         self.values: list[Any] = []
         self.instruction_lines: list[int] = []
         self.version: str | None = None
@@ -189,7 +191,6 @@ class _Parser:
                 raise _LineError("dict takes only name=value pairs")
             value = kwargs
         else:
-            from .errors import suggest
             raise _LineError(f"unknown command {_shorten(command)!r}; {suggest(command, ['model', 'parameter', 'merge', 'dict'], what='command')}")
         self.values.append(value)
         self.instruction_lines.append(number)
@@ -274,8 +275,7 @@ class _Parser:
     def _merge(self, args: list[Any], kwargs: dict[str, Any]) -> MergeNode:
         if not args or not isinstance(args[0], str):
             raise _LineError('expected: merge "method" &0 &1 name=value ...')
-        from .plugins import get_plugins
-        method = get_plugins().merge_methods.get(args[0])
+        method = self.plugins.merge_methods.get(args[0])
         inputs = []
         for position, value in enumerate(args[1:], 1):
             if not isinstance(value, RecipeNode):
@@ -289,10 +289,10 @@ class _Parser:
         for name, value in (("device", device), ("dtype", dtype)):
             if value is not None and not isinstance(value, str):
                 raise _LineError(f'{name} must be a "string", not {value!r}')
-        return MergeNode.build(method, tuple(inputs), kwargs, device=device, dtype=dtype)
+        return MergeNode.build(method, tuple(inputs), kwargs, device=device, dtype=dtype, plugins=self.plugins)
 
 
-def _drop_undeclared_hypers(method: MergeMethod, kwargs: dict[str, Any], source: str) -> None:
+def _drop_undeclared_hypers(method: MethodSpec, kwargs: dict[str, Any], source: str) -> None:
     """sd-mecha 0.0.x recipes (no version line): a hyperparameter the method does not declare, and that is
     no near-miss of one it does, is dropped with a warning naming it, as 0.0.x did (its methods took
     ``**kwargs``): its own example ``incompatible_fusion.mecha`` passes ``beta=`` to ``rotate``. A near-miss
@@ -308,18 +308,20 @@ def _drop_undeclared_hypers(method: MergeMethod, kwargs: dict[str, Any], source:
             "refuses it)", source, method.name, name)
 
 
-def deserialize(recipe: str | os.PathLike[str] | Iterable[str], *, source: str | None = None) -> RecipeNode:
+def deserialize(recipe: str | os.PathLike[str] | Iterable[str], *, source: str | None = None,
+                plugins: Plugins | None = None) -> RecipeNode:
     """A recipe from ``.mecha`` text, the path of a ``.mecha`` file, or its lines (``f.readlines()``).
 
     A string holding no newline that names an existing file is read as a path. These are the three
     forms sd-mecha 0.0.x's ``deserialize`` accepted. sd-mecha 1.x recipes (``version 0.1.0``) are
-    translated where their methods map to mecha's (see :mod:`mecha_core.sd_mecha1_recipes`).
+    translated where their methods map to mecha's (see :mod:`mecha_core.sd_mecha1_recipes`). Merge
+    methods and model types are looked up in `plugins` (None: the plugin set in use).
     """
     if not isinstance(recipe, (str, os.PathLike)):
         lines = list(recipe)
         if not all(isinstance(line, str) for line in lines):
             raise RecipeError("expected a recipe as text, a path, or a list of lines (strings)")
-        return _parse("\n".join(line.removesuffix("\n") for line in lines), source or "recipe")
+        return _parse("\n".join(line.removesuffix("\n") for line in lines), source or "recipe", plugins)
     if isinstance(recipe, os.PathLike) or ("\n" not in recipe and (recipe.endswith(".mecha") or os.path.isfile(recipe))):
         path = Path(recipe)
         try:
@@ -330,15 +332,15 @@ def deserialize(recipe: str | os.PathLike[str] | Iterable[str], *, source: str |
             raise RecipeError(f"{path}: not a text file (expected a .mecha recipe)") from None
         except OSError as error:
             raise RecipeError(f"{path}: cannot read: {error.strerror}") from None
-        return _parse(text, source or str(path))
-    return _parse(recipe, source or "recipe")
+        return _parse(text, source or str(path), plugins)
+    return _parse(recipe, source or "recipe", plugins)
 
 
-def _parse(text: str, source: str) -> RecipeNode:
+def _parse(text: str, source: str, plugins: Plugins | None) -> RecipeNode:
     from .sd_mecha1_recipes import is_sd_mecha1, parse_sd_mecha1
     if is_sd_mecha1(text):
         return parse_sd_mecha1(text, source)
-    return _Parser(source).parse(text)
+    return _Parser(source, plugins).parse(text)
 
 
 def serialize(recipe: RecipeNode) -> str:

@@ -22,8 +22,9 @@ from . import dtypes
 from .architecture import Architecture, KeySpec
 from .errors import MechaError, MergeError, from_signal
 from .hyper import resolve
-from .planning import KeyPlan, MergePlan, Op, provides, usable_inputs
+from .planning import KeyPlan, MergePlan, Op, op_inputs, provides, usable_inputs
 from .spaces import MergeSpace
+from .traversal import post_order
 
 Progress = Callable[[KeyPlan, int], None]
 
@@ -76,31 +77,18 @@ class KeyRunner:
         self.cancelled = threading.Event()
         self.nonfinite: list[str] = []
         self._lock = threading.Lock()
-        self.uses: dict[int, int] = {}
-        self._count_uses(plan.root)
-        self.leaf_ops = [op for op in self._ops() if op.leaf is not None]
+        ops = list(post_order(plan.root, op_inputs))
+        self.uses: dict[int, int] = {id(op): 0 for op in ops}  # how many calls take each node
+        for op in ops:
+            for child in op.inputs:
+                self.uses[id(child)] += 1
+        self.leaf_ops = [op for op in ops if op.leaf is not None]
         leaves = len(self.leaf_ops)
         item = torch.empty((), dtype=dtypes.to_torch(self.options.work_dtype)).element_size()
         # bytes one element of a key costs while it is evaluated: every node's value, every model's
         # converted input, the result and its cast
         self.per_element = item * (len(self.uses) + leaves + 2)
         self.chunk = max(1 << 16, self.options.chunk_bytes // self.per_element)
-
-    def _ops(self) -> list[Op]:
-        seen: dict[int, Op] = {}
-        stack = [self.plan.root]
-        while stack:
-            op = stack.pop()
-            if id(op) not in seen:
-                seen[id(op)] = op
-                stack.extend(op.inputs)
-        return list(seen.values())
-
-    def _count_uses(self, root: Op) -> None:
-        for op in self._ops():
-            self.uses.setdefault(id(op), 0)
-            for child in op.inputs:
-                self.uses[id(child)] = self.uses.get(id(child), 0) + 1
 
     # one key ------------------------------------------------------------------------------------
     def run(self, plan: KeyPlan) -> int:
@@ -191,28 +179,24 @@ class KeyRunner:
     def _evaluate(self, plan: KeyPlan, region: tuple[int, int] | None, present: dict[int, bool]) -> Any:
         """The recipe's value for one key (or one flat region of it).
 
-        Walks the tree with an explicit stack, so a recipe hundreds of merges deep is fine: each
-        method node is visited once to decide what it needs (the inputs that have the key, or the
-        input standing in for it), then once more, after those, to compute. Models are read when a
-        method takes them (a method that adds a source into a buffer never materialises it); a
-        value is freed as soon as its last consumer has run."""
+        Walks the method nodes the key needs (:func:`~mecha_core.traversal.post_order`, no
+        recursion, so a recipe thousands of merges deep is fine): entering a node decides what it
+        needs (the inputs that have the key, or the input standing in for it); it is computed after
+        those. Models are read when a method takes them (a method that adds a source into a buffer
+        never materialises it); a value is freed as soon as its last consumer has run."""
         memo: dict[int, Any] = {}
         remaining = dict(self.uses)
         present = dict(present)
         needs: dict[int, tuple[list[int], Op | None]] = {}
-        stack: list[Op] = [self.plan.root]
-        while stack:
-            op = stack.pop()
-            if op.leaf is not None or id(op) in memo:
-                continue
-            if id(op) not in needs:
-                positions = usable_inputs(op, plan.name, present)
-                delegate = None if positions is not None else next(
-                    c for c in op.inputs if c.space == op.space and provides(c, plan.name, present))
-                needs[id(op)] = (positions or [], delegate)
-                stack.append(op)
-                stack.extend(reversed([delegate] if delegate else [op.inputs[i] for i in positions or []]))
-                continue
+
+        def needed(op: Op) -> list[Op]:
+            positions = usable_inputs(op, plan.name, present)
+            delegate = None if positions is not None else next(
+                c for c in op.inputs if c.space == op.space and provides(c, plan.name, present))
+            needs[id(op)] = (positions or [], delegate)
+            return [delegate] if delegate else [op.inputs[i] for i in positions or []]
+
+        for op in post_order(self.plan.root, needed, _is_leaf):
             positions, delegate = needs[id(op)]
             memo[id(op)] = self._value(delegate, plan, region, memo) if delegate else \
                 self._call(op, positions, plan, region, memo, remaining)
@@ -334,6 +318,10 @@ class KeyRunner:
 
 def _origin(op: Op) -> str:
     return f" from plugin {op.provider}" if op.provider else ""
+
+
+def _is_leaf(op: Op) -> bool:
+    return op.leaf is not None
 
 
 ROW_GROUP = 64  # rows a chunk holds at a time when it can (a LoRA composes its delta 64 rows per matmul)

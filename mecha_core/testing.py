@@ -38,7 +38,7 @@ from .dtypes import is_float_name
 from .hookspecs import hookimpl
 from .merge_method import MergeMethod
 from .output_file import save_tensors
-from .plugins import HOOKS, Plugins, get_plugins, load_plugins, using_plugins
+from .plugins import HOOKS, Plugins, get_plugins, load_plugins, spec_type_name, using_plugins
 from .recipe import normalize_hyper
 
 
@@ -97,7 +97,7 @@ def as_plugin(*objects: Any) -> object:
     for item in objects:
         hook = next((hook for hook, _, spec_type in HOOKS.values() if isinstance(item, spec_type)), None)
         if hook is None:
-            kinds = ", ".join(spec_type.__name__ for _, _, spec_type in HOOKS.values())
+            kinds = ", ".join(spec_type_name(spec_type) for _, _, spec_type in HOOKS.values())
             raise TypeError(f"as_plugin() takes {kinds} objects, got {item!r}")
         grouped.setdefault(hook, []).append(item)
     return types.SimpleNamespace(**{hook: hookimpl(_returning(items)) for hook, items in grouped.items()})
