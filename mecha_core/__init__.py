@@ -15,7 +15,6 @@ the names listed there (modules among them: ``dtypes``, ``keyspecs``, ``random_m
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from . import dtypes, keyspecs, methods, random_models
@@ -34,9 +33,6 @@ from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, compose, mo
 from .recipe_format import deserialize, serialize
 from .spaces import Delta, MergeSpace, Same, Weight
 from .tensor_files import SafetensorsFile, TensorFile, TensorInfo, open_tensor_file
-
-# torch warns at import when numpy is absent; mecha never uses numpy.
-warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 __version__ = "0.1.0"
 

@@ -222,52 +222,73 @@ def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None,
                  architectures: Mapping[str, Architecture] | None = None) -> tuple[ModelType, str, str]:
     """The model type and architecture of an opened file, as given or detected, with a note on why
     no architecture fits when the generic one is used. `architectures` defaults to
-    :func:`working_architectures`."""
+    :func:`working_architectures`.
+
+    The type is the one given, else the one type whose ``detect`` claims the file (which also names
+    the architecture), else ``base``; the architecture is the one given, else the type's, else the
+    best match of the file's keys."""
     if architectures is None:
         architectures = working_architectures(plugins)
     if arch is not None and arch != GENERIC and arch not in architectures:
         plugins.architectures.get(arch)  # an unknown name: the error lists the nearest ones
         raise MechaError(f"{file.label}: architecture {arch!r} is unusable (see the plugin warning above)")
     if model_type is not None:
-        given_type = plugins.model_types.get(model_type)
-        if arch is not None:
-            return given_type, arch, ""
-        if given_type.detect is not None:
-            arch_name = given_type.detect(file, architectures)
-            if arch_name is None:
-                raise MechaError(f"{file.label}: does not look like a {given_type.name} model; check type={given_type.name!r}")
-            return given_type, arch_name, ""
-        found_type = given_type
+        found = plugins.model_types.get(model_type)
+        if arch is not None:  # both given: taken as they are
+            return found, arch, ""
+        if found.detect is not None:
+            return found, _architecture_for_type(file, found, architectures), ""
     else:
-        claims = []
-        for name in plugins.model_types:
-            candidate = plugins.model_types.get(name)
-            if candidate.detect is None:
-                continue
-            try:
-                arch_name = candidate.detect(file, architectures)
-            except MechaError:
-                raise
-            except Exception as error:
-                provider = plugins.provider("model_types", name)
-                raise MechaError(f"{file.label}: model type {name!r} from plugin {provider.label} failed to "
-                                 f"inspect the file: {type(error).__name__}: {error}") from error
-            if arch_name is not None:
-                claims.append((candidate, arch_name))
-        if len(claims) > 1:
-            names = ", ".join(c.name for c, _ in claims)
-            raise MechaError(f"{file.label}: several model types claim this file ({names}); pass type= explicitly")
-        if claims:
-            claimed_type, arch_name = claims[0]
-            return claimed_type, arch or arch_name, ""
-        found_type = plugins.model_types.get(BASE)
+        claim = _claiming_type(file, plugins, architectures)
+        if claim is not None:
+            return claim[0], arch or claim[1], ""
+        found = plugins.model_types.get(BASE)
     if arch is not None:
-        concrete = architectures[arch].for_file(file) if arch != GENERIC else None
-        if arch != GENERIC and file.tensors and (concrete is None or concrete.match(file.tensors).present == 0):
-            raise MechaError(f"{file.label}: none of its keys belong to architecture {arch!r}; check arch={arch!r}")
-        return found_type, arch, ""
+        return found, _checked_architecture(file, arch, architectures), ""
     picked, note = pick_architecture(_matches(architectures, file, plugins))
-    return found_type, picked.name if picked else GENERIC, note
+    return found, picked.name if picked else GENERIC, note
+
+
+def _architecture_for_type(file: TensorFile, model_type: ModelType, architectures: Mapping[str, Architecture]) -> str:
+    """The architecture a file of a given type targets, as the type detects it."""
+    assert model_type.detect is not None
+    arch_name = model_type.detect(file, architectures)
+    if arch_name is None:
+        raise MechaError(f"{file.label}: does not look like a {model_type.name} model; check type={model_type.name!r}")
+    return arch_name
+
+
+def _claiming_type(file: TensorFile, plugins: Plugins,
+                   architectures: Mapping[str, Architecture]) -> tuple[ModelType, str] | None:
+    """The one model type whose ``detect`` claims the file, with the architecture it names; None when
+    none does. Two claims are an error: the user says which with ``type=``."""
+    claims = []
+    for name in plugins.model_types:
+        candidate = plugins.model_types.get(name)
+        if candidate.detect is None:
+            continue
+        try:
+            arch_name = candidate.detect(file, architectures)
+        except MechaError:
+            raise
+        except Exception as error:
+            provider = plugins.provider("model_types", name)
+            raise MechaError(f"{file.label}: model type {name!r} from plugin {provider.label} failed to "
+                             f"inspect the file: {type(error).__name__}: {error}") from error
+        if arch_name is not None:
+            claims.append((candidate, arch_name))
+    if len(claims) > 1:
+        names = ", ".join(c.name for c, _ in claims)
+        raise MechaError(f"{file.label}: several model types claim this file ({names}); pass type= explicitly")
+    return claims[0] if claims else None
+
+
+def _checked_architecture(file: TensorFile, arch: str, architectures: Mapping[str, Architecture]) -> str:
+    """An architecture given for a file, refused when none of the file's keys belong to it."""
+    concrete = architectures[arch].for_file(file) if arch != GENERIC else None
+    if arch != GENERIC and file.tensors and (concrete is None or concrete.match(file.tensors).present == 0):
+        raise MechaError(f"{file.label}: none of its keys belong to architecture {arch!r}; check arch={arch!r}")
+    return arch
 
 
 def _check_given_architecture(file: TensorFile, arch: str, architectures: Mapping[str, Architecture],

@@ -92,44 +92,64 @@ class KeyRunner:
 
     # one key ------------------------------------------------------------------------------------
     def run(self, plan: KeyPlan) -> int:
-        """Compute and write one key; returns the bytes written."""
+        """Compute and write one key; returns the bytes written.
+
+        A key is written one of five ways: copied from a model; taken from a finite model when
+        ``nonfinite="skip"`` leaves the recipe nothing to merge; encoded into another model type's
+        tensors; computed chunk by chunk; or computed whole."""
         if self.cancelled.is_set():
             raise _Cancelled()
         if not plan.merge:
-            assert plan.copy_from is not None and plan.copy_from.source is not None
-            tensor = plan.copy_from.source.read(plan.name)
-            self._check_finite(plan, tensor, [plan.copy_from.label])
-            self.sink.write(plan.name, tensor.contiguous())
-            return tensor.numel() * tensor.element_size()
+            return self._write_copy(plan)
         present: dict[int, bool] = {}
         if self.options.nonfinite == "skip":
             present = self._exclude_nonfinite_inputs(plan)
             if present and not provides(self.plan.root, plan.name, dict(present)):
                 return self._write_donor(plan, present)
-        encoder = self.plan.encoder
-        if encoder is not None:
-            result = self._evaluate(plan, None, present)
-            self._check_finite(plan, result)
-            written = 0
-            for (name, _, dtype_name), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
-                out = tensor.to(device="cpu", dtype=dtypes.to_torch(dtype_name)).contiguous()
-                self.sink.write(name, out)
-                written += out.numel() * out.element_size()
-            return written
-        out_dtype = dtypes.to_torch(plan.out_dtype)
+        if self.plan.encoder is not None:
+            return self._write_encoded(plan, present)
         if plan.chunkable and plan.numel > self.chunk:
-            written = 0
-            step = _chunk_step(self.chunk, plan)
-            for start in range(0, plan.numel, step):
-                if self.cancelled.is_set():
-                    raise _Cancelled()
-                stop = min(start + step, plan.numel)
-                out = self._evaluate(plan, (start, stop), present).to(device="cpu", dtype=out_dtype).contiguous()
-                self._check_finite(plan, out)
-                self.sink.write(plan.name, out, start)
-                written += out.numel() * out.element_size()
-            return written
-        out = self._evaluate(plan, None, present).to(device="cpu", dtype=out_dtype).contiguous()
+            return self._write_chunks(plan, present)
+        return self._write_whole(plan, present)
+
+    def _write_copy(self, plan: KeyPlan) -> int:
+        """A key the recipe does not merge: the model's tensor as stored."""
+        assert plan.copy_from is not None and plan.copy_from.source is not None
+        tensor = plan.copy_from.source.read(plan.name)
+        self._check_finite(plan, tensor, [plan.copy_from.label])
+        self.sink.write(plan.name, tensor.contiguous())
+        return tensor.numel() * tensor.element_size()
+
+    def _write_encoded(self, plan: KeyPlan, present: dict[int, bool]) -> int:
+        """The key's result in the save format's tensors (a LoRA's up and down)."""
+        encoder = self.plan.encoder
+        assert encoder is not None
+        result = self._evaluate(plan, None, present)
+        self._check_finite(plan, result)
+        written = 0
+        for (name, _, dtype_name), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
+            out = tensor.to(device="cpu", dtype=dtypes.to_torch(dtype_name)).contiguous()
+            self.sink.write(name, out)
+            written += out.numel() * out.element_size()
+        return written
+
+    def _write_chunks(self, plan: KeyPlan, present: dict[int, bool]) -> int:
+        """An elementwise recipe on a large key: flat ranges computed and written one at a time."""
+        out_dtype = dtypes.to_torch(plan.out_dtype)
+        written = 0
+        step = _chunk_step(self.chunk, plan)
+        for start in range(0, plan.numel, step):
+            if self.cancelled.is_set():
+                raise _Cancelled()
+            stop = min(start + step, plan.numel)
+            out = self._evaluate(plan, (start, stop), present).to(device="cpu", dtype=out_dtype).contiguous()
+            self._check_finite(plan, out)
+            self.sink.write(plan.name, out, start)
+            written += out.numel() * out.element_size()
+        return written
+
+    def _write_whole(self, plan: KeyPlan, present: dict[int, bool]) -> int:
+        out = self._evaluate(plan, None, present).to(device="cpu", dtype=dtypes.to_torch(plan.out_dtype)).contiguous()
         self._check_finite(plan, out)
         self.sink.write(plan.name, out)
         return out.numel() * out.element_size()
@@ -339,8 +359,8 @@ def _chunk_step(budget: int, plan: KeyPlan) -> int:
 
 
 def _all_finite(torch: Any, tensor: Any) -> bool:
-    """Whether a tensor holds no NaN or inf: min and max propagate both, in one pass ~20x faster than
-    ``isfinite(x).all()``."""
+    """Whether a tensor holds no NaN or inf: min and max propagate both, in one pass that allocates
+    nothing (``isfinite(x).all()`` builds a boolean tensor of the input's size, then reduces it)."""
     if tensor.numel() == 0 or not tensor.is_floating_point():
         return True
     if tensor.element_size() == 1:  # float8: no min/max kernels on CPU; float16 holds every value
@@ -380,8 +400,7 @@ def run_plan(plan: MergePlan, sink: Sink, *, threads: int, progress: Progress | 
     previous_threads = torch.get_num_threads()
     per_worker = max(1, previous_threads // threads)
     # the plan, the registry and torch are tens of thousands of long-lived objects; frozen, the
-    # garbage collector stops re-scanning them while each chunk allocates (measured: ~5% of a
-    # LoRA bake's CPU time in gc_collect_main before)
+    # garbage collector stops re-scanning them while each chunk allocates (README, Speed and memory)
     freeze = gc.get_freeze_count() == 0  # a caller's own freeze is left alone
     if freeze:
         gc.freeze()

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from .architecture import Architecture
+from .cli import main
 from .dtypes import is_float_name
 from .hookspecs import hookimpl
 from .merge_method import MergeMethod
@@ -73,8 +74,6 @@ def mecha_cli(mecha_plugins: Plugins, capsys: pytest.CaptureFixture[str]) -> Cal
     The status is what the ``mecha`` process would exit with (argparse's 0 for ``--help``, 2 for a usage
     error). Warnings go to pytest's warning capture (use ``pytest.warns``), not to ``err``.
     """
-    from .cli import main
-
     def run(*args: str | os.PathLike[str]) -> CliResult:
         capsys.readouterr()  # what the test printed before is not the command's output
         try:

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
-from ..allocator import keep_freed_memory
+from ..config import load_config, models_dirs
 from ..errors import MechaError, PluginError
 from ..merge import NONFINITE_MODES, merge_with_report
 from ..output_file import write_text_atomically
 from ..planning import KeyPlan, MergePlan
-from ..plugins import Plugins
-from ..recipe import ModelNode, RecipeNode, compose
+from ..plugins import Plugins, get_plugins
+from ..recipe import ModelNode, RecipeNode, compose, resolve_model_path
 from ..recipe_format import deserialize, serialize
+from .allocator import keep_freed_memory
 
 
 def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
@@ -155,7 +156,6 @@ def run_merge(args: argparse.Namespace) -> int:
         if value is not None:
             if save_as is not None:
                 raise MechaError(f"choose one of --as-{save_as} and --as-{name}")
-            from ..plugins import get_plugins
             save_as = name
             save_options = {get_plugins().model_types.get(name).save_option: value}
     output = args.output if args.output else _default_output(args.recipe)
@@ -241,8 +241,6 @@ def run_compose(args: argparse.Namespace) -> int:
 
 def _models_found(recipe: RecipeNode) -> list[str]:
     """The files the recipe's model names resolve to under the configured models folders, where they exist."""
-    from ..config import load_config, models_dirs
-    from ..recipe import resolve_model_path
     try:
         folders = models_dirs(None, load_config())
     except MechaError:  # a broken config is reported by the commands that need it
