@@ -65,11 +65,13 @@ def test_block_and_class_helpers_take_the_set(sets):
         mc.default("toy")
 
 
-def test_two_sets_plan_the_same_text_each_its_way(sets, tmp_path):
+def test_two_sets_plan_and_merge_the_same_text_each_its_way(sets, tmp_path):
     mc.testing.write_model({"layers.0.weight": torch.full((4, 4), 3.0)}, tmp_path / "x.safetensors")
     mc.testing.write_model({"layers.0.weight": torch.full((4, 4), 2.0)}, tmp_path / "y.safetensors")
-    for plugins in sets:
-        recipe = mc.deserialize(RECIPE.replace(' type="kind"', ""), plugins=plugins)
-        plan = plan_merge(recipe, make_options(models_dir=tmp_path), plugins)
+    text = RECIPE.replace(' type="kind"', "")
+    for plugins, expected in zip(sets, (3.0 + 2.0, 3.0 - 2.0)):  # blend is a + b in one set, a - b in the other
+        plan = plan_merge(mc.deserialize(text, plugins=plugins), make_options(models_dir=tmp_path), plugins)
         plan.close()
         assert plan.root.method is plugins.merge_methods.get("blend")
+        out = mc.merge(text, models_dir=tmp_path, save_dtype="fp32", plugins=plugins)
+        assert out["layers.0.weight"].unique().tolist() == [expected]
