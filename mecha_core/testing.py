@@ -106,10 +106,12 @@ def _returning(items: list[Any]) -> Callable[[], list[Any]]:
     return lambda: list(items)
 
 
-def tiny_model(arch: str | Architecture, *, seed: int = 0, dtype: Any = None) -> dict[str, Any]:
-    """A random state dict of `arch` with every dimension shrunk (real key names)."""
+def tiny_model(arch: str | Architecture, *, seed: int = 0, dtype: Any = None,
+               plugins: Plugins | None = None) -> dict[str, Any]:
+    """A random state dict of `arch` with every dimension shrunk (real key names); an architecture
+    named is looked up in `plugins` (None: the set in use)."""
     import torch
-    architecture = arch if isinstance(arch, Architecture) else get_plugins().architectures.get(arch)
+    architecture = arch if isinstance(arch, Architecture) else (plugins or get_plugins()).architectures.get(arch)
     if architecture.generate is None:
         raise ValueError(f"architecture {architecture.name!r} has no generator")
     return architecture.generate(seed=seed, dtype=dtype or torch.float32, tiny=True)
