@@ -32,7 +32,8 @@ from .plugins import Plugins, get_plugins, load_plugins, set_plugins, using_plug
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, compose, model, parameter
 from .recipe_format import deserialize, serialize
 from .spaces import Delta, MergeSpace, Same, Weight
-from .tensor_files import SafetensorsFile, TensorFile, TensorInfo, open_tensor_file
+from .sharded_files import open_tensor_file
+from .tensor_files import SafetensorsFile, TensorFile, TensorInfo
 
 __version__ = "0.1.0"
 

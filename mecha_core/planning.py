@@ -22,7 +22,8 @@ from .model_type import BASE, KeySource, ModelType, OutputEncoder
 from .plugins import Plugins
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, infer_space, resolve_model_path, walk
 from .spaces import MergeSpace
-from .tensor_files import DictTensors, TensorFile, open_tensor_file
+from .sharded_files import open_tensor_file
+from .tensor_files import DictTensors, TensorFile
 from .traversal import post_order
 
 

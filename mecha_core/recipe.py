@@ -18,6 +18,7 @@ from . import dtypes
 from .errors import MechaError, ModelFileError, RecipeError, RecipeSyntaxError, unknown
 from .method_spec import HyperSpec, MethodSpec, describe_mismatch
 from .plugins import Plugins, get_plugins
+from .sharded_files import is_model_folder
 from .spaces import SAME, MergeSpace
 from .traversal import post_order
 
@@ -462,7 +463,6 @@ def resolve_model_path(source: str, models_dirs: Sequence[str | os.PathLike[str]
     ``.safetensors`` is appended to a name without a suffix. A model folder (holding a shard index or
     a ``model.safetensors``) is a model too. The error lists every place tried.
     """
-    from .sharded_files import is_model_folder
     candidates = [Path(source)]
     if not Path(source).suffix:
         candidates.append(Path(source + ".safetensors"))

@@ -21,7 +21,8 @@ from ..output_file import save_tensors
 from ..plugins import get_plugins
 from ..recipe import model
 from ..recipe_format import serialize
-from ..tensor_files import PICKLE_SUFFIXES, open_tensor_file
+from ..sharded_files import open_tensor_file
+from ..tensor_files import PICKLE_SUFFIXES
 
 
 def _demo_arguments(demo: argparse.ArgumentParser) -> None:
