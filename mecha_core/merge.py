@@ -41,7 +41,7 @@ class MergeReport:
     notes: list[str]
 
 
-def _recipe(recipe: RecipeNode | str | os.PathLike[str], plugins: Plugins) -> RecipeNode:
+def _recipe(recipe: RecipeNode | str | os.PathLike[str], plugins: Plugins | None = None) -> RecipeNode:
     if isinstance(recipe, RecipeNode):
         return recipe
     if isinstance(recipe, (str, os.PathLike)):
@@ -275,7 +275,7 @@ def _companions_source(plan: MergePlan) -> Path | None:
     return None
 
 
-def _recipe_text(node: RecipeNode, store_model_paths: bool, plugins: Plugins) -> str:
+def _recipe_text(node: RecipeNode, store_model_paths: bool, plugins: Plugins | None = None) -> str:
     if not store_model_paths:
         names = _short_names([n.source for n in node.models() if isinstance(n.source, str)])
         node = transform(node, lambda n: ModelNode(names[n.source], n.arch, n.type)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from ..plugins import Plugins, get_plugins
 from ..recipe import ModelNode, RecipeNode, compose, resolve_model_path
 from ..recipe_format import deserialize, serialize
 from .allocator import keep_freed_memory
+from .arguments import megabytes, read_recipe, recipe_path
 
 
 def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
@@ -46,7 +46,7 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                        help="leave out a component (e.g. ema) or keys matching a pattern (repeatable)")
     merge.add_argument("--nonfinite", choices=NONFINITE_MODES, default="warn",
                        help="what a NaN/inf in a result does (default: warn)")
-    merge.add_argument("--memory-budget", type=_megabytes, metavar="MB",
+    merge.add_argument("--memory-budget", type=megabytes, metavar="MB",
                        help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
     merge.add_argument("--max-shard-size", metavar="SIZE", help="largest shard of a model folder output: 5GB "
                                                                 "(default), 500MB, 2GiB...; implies a folder output")
@@ -114,32 +114,6 @@ class _ModelsDirOfCompose(argparse.Action):
 ZERO_ZERO_COMPOSE_OUTPUT = "merge.mecha"
 
 
-def _megabytes(text: str) -> float:
-    """An argparse type: a positive, finite number of megabytes (a bad one is a usage error, exit 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of megabytes, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of megabytes, got {text!r}")
-    return value
-
-
-def _read_recipe(argument: str) -> RecipeNode:
-    if argument == "-":
-        return deserialize(sys.stdin.read(), source="<stdin>")
-    return deserialize(_recipe_path(argument))
-
-
-def _recipe_path(argument: str) -> Path:
-    path = Path(argument)
-    if path.is_dir():
-        raise MechaError(f"{argument}: is a folder, not a recipe file")
-    if not path.is_file():
-        raise MechaError(f"{argument}: no such recipe file")
-    return path
-
-
 def _default_output(recipe: str) -> Path:
     if recipe == "-":
         return Path("merge.safetensors")
@@ -148,7 +122,7 @@ def _default_output(recipe: str) -> Path:
 
 def run_merge(args: argparse.Namespace) -> int:
     # a recipe file goes to merge() as a path, so that the output may not replace it
-    recipe = _read_recipe("-") if args.recipe == "-" else _recipe_path(args.recipe)
+    recipe = read_recipe("-") if args.recipe == "-" else recipe_path(args.recipe)
     save_as = None
     save_options: dict[str, Any] = {}
     for name in args.save_types:
@@ -216,14 +190,14 @@ class _Progress:
 
 
 def run_compose(args: argparse.Namespace) -> int:
-    base = _read_recipe(args.base)
+    base = read_recipe(args.base)
     inputs: list[str] = [] if args.base == "-" else [args.base]
     values: dict[str, Any] = {}
     for name, value in args.parameter:
         if name in values:
             raise MechaError(f"parameter {name!r} is given twice")
         if value.endswith(".mecha"):
-            values[name] = _read_recipe(value)
+            values[name] = read_recipe(value)
         else:
             values[name] = value
         inputs.append(value)
