@@ -15,7 +15,6 @@ the names listed there (modules among them: ``dtypes``, ``keyspecs``, ``random_m
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from . import dtypes, keyspecs, methods, random_models
@@ -32,12 +31,11 @@ from .output_file import OutputFile, save_tensors
 from .plugins import Plugins, get_plugins, load_plugins, set_plugins, using_plugins
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, compose, model, parameter
 from .recipe_format import deserialize, serialize
-from .recipe_formats import ReadRecipe, RecipeFormat
+from .recipe_format_spec import RecipeFormat
+from .recipe_formats import ReadRecipe
 from .spaces import Delta, MergeSpace, Same, Weight
-from .tensor_files import SafetensorsFile, TensorFile, TensorInfo, open_tensor_file
-
-# torch warns at import when numpy is absent; mecha never uses numpy.
-warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+from .sharded_files import open_tensor_file
+from .tensor_files import SafetensorsFile, TensorFile, TensorInfo
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import dtypes
-from .merge_method import validate_name
+from .errors import MechaError, unknown
+from .names import validate_name
 
 GENERIC = "generic"
 
@@ -142,7 +143,6 @@ class Architecture:
         for component in self.components:
             if component.name == name:
                 return component
-        from .errors import MechaError, unknown
         raise MechaError(unknown("component", name, [c.name for c in self.components],
                                  f" of architecture {self.name!r}"))
 

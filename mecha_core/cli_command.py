@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from collections.abc import Callable
 
-from .merge_method import validate_name
+from .names import validate_name
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

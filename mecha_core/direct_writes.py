@@ -12,10 +12,10 @@ go through the page cache. A block either lies wholly inside one write or is sha
 neighbouring write, so each block of the file is written one way only and the two paths never touch
 the same block. A write that continues where the same thread's last one ended (the next chunk of
 a key) goes on filling that thread's staging buffer, block boundary or not, so a key's chunks reach
-the device in full buffers (on this VM's disk, 8 MiB writes run ~25% faster than 2 MiB ones) and
+the device in full buffers (large writes run faster than small ones; README, Speed and memory) and
 their shared blocks are written direct. The writer writes the partial blocks too (copied, a few
 KiB): a page-cache write waits for the file's lock, which a direct write in flight holds, and a
-worker waiting there idles its core (measured: 4.2 s of a 7.5 s SDXL bake). A few staging buffers
+worker waiting there idles its core. A few staging buffers
 bound the memory: a worker waits only when all of them are queued. Where ``O_DIRECT`` is missing or
 refused (not Linux, tmpfs, some FUSE and network file systems), every write goes through the page
 cache, from the worker.

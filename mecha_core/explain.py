@@ -170,9 +170,10 @@ def explain(recipe: RecipeNode | str | os.PathLike[str], *, store_model_paths: b
     `options` are :func:`mecha_core.merge`'s (``models_dir``, ``threads``, ``fallback_model``,
     ``drop``, ``save_dtype``, ``memory_budget``...): the plan is the one that merge would follow.
     """
-    node = _recipe(recipe)
+    plugins = options.get("plugins") or get_plugins()
+    node = _recipe(recipe, plugins)
     merge_options = make_options(**options)
-    plan = plan_merge(node, merge_options, get_plugins())
+    plan = plan_merge(node, merge_options, plugins)
     try:
         return _Explainer(node, plan, store_model_paths).explanation()
     finally:

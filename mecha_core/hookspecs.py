@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .cli_command import CliCommand
     from .merge_method import MergeMethod
     from .model_type import ModelType
-    from .recipe_formats import RecipeFormat
+    from .recipe_format_spec import RecipeFormat
 
 hookspec = pluggy.HookspecMarker("mecha")
 hookimpl = pluggy.HookimplMarker("mecha")

@@ -13,6 +13,8 @@ sd-mecha key names so old recipes keep their meaning:
 For a key, the value is its block-and-class value if given (the mean over its blocks that have
 one), else its class value, else the mean of the given values of its blocks, else its component
 default, else 0. Dicts combine with ``|``.
+
+An architecture named by a string is looked up in `plugins` (None: the plugin set in use).
 """
 
 from __future__ import annotations
@@ -22,23 +24,23 @@ from typing import Any
 
 from .architecture import GENERIC, Architecture, KeySpec
 from .errors import MechaError, RecipeError, suggest, unknown
+from .plugins import Plugins, get_plugins
 
 Number = int | float
 
 
-def _registered(arch: str | Architecture) -> Architecture | None:
+def _registered(arch: str | Architecture, plugins: Plugins | None) -> Architecture | None:
     if isinstance(arch, Architecture):
         return arch
     if arch == GENERIC:
         return None
-    from .plugins import get_plugins
-    return get_plugins().architectures.get(arch)
+    return (plugins or get_plugins()).architectures.get(arch)
 
 
-def _architecture(arch: str | Architecture) -> Architecture | None:
+def _architecture(arch: str | Architecture, plugins: Plugins | None) -> Architecture | None:
     """The architecture whose blocks and classes check the names given, or None where they depend on
     the model (generic, or a family not specialized yet): such names are checked when merging."""
-    found = _registered(arch)
+    found = _registered(arch, plugins)
     return None if found is None or found.is_family else found
 
 
@@ -47,7 +49,7 @@ def _arch_name(arch: str | Architecture) -> str:
 
 
 def blocks(arch: str | Architecture, component: str, *values: Number, strict: bool = True,
-           **named: Number) -> dict[str, Number]:
+           plugins: Plugins | None = None, **named: Number) -> dict[str, Number]:
     """Values by block: positionally in the architecture's block order, or by block name.
 
     ``blocks("sd1", "unet", *25 values)`` covers in0..in11, mid, out0..out11; ``strict=False`` allows
@@ -55,7 +57,7 @@ def blocks(arch: str | Architecture, component: str, *values: Number, strict: bo
     """
     if values and named:
         raise RecipeError("blocks(): give values either positionally or by block name, not both")
-    architecture = _architecture(arch)
+    architecture = _architecture(arch, plugins)
     prefix = f"{_arch_name(arch)}_{component}_block_"
     if architecture is None:
         if values:
@@ -75,9 +77,10 @@ def blocks(arch: str | Architecture, component: str, *values: Number, strict: bo
     return {prefix + name: value for name, value in named.items()}
 
 
-def classes(arch: str | Architecture, component: str, **named: Number) -> dict[str, Number]:
+def classes(arch: str | Architecture, component: str, *, plugins: Plugins | None = None,
+            **named: Number) -> dict[str, Number]:
     """Values by class (layer type), e.g. ``classes("sd1", "unet", attn2_to_k=0.2)``."""
-    architecture = _architecture(arch)
+    architecture = _architecture(arch, plugins)
     if architecture is not None:
         known = architecture.classes.get(architecture.component(component).name, ())
         for name in named:
@@ -88,9 +91,9 @@ def classes(arch: str | Architecture, component: str, **named: Number) -> dict[s
 
 
 def default(arch: str | Architecture, components: str | Iterable[str] | None = None,
-            value: Number = 0) -> dict[str, Number]:
+            value: Number = 0, *, plugins: Plugins | None = None) -> dict[str, Number]:
     """One value for every key of some components (all components when None)."""
-    architecture = _registered(arch)
+    architecture = _registered(arch, plugins)
     if components is None:
         names = [c.name for c in architecture.components] if architecture else ["model"]
     else:

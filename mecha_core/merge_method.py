@@ -15,124 +15,24 @@ is merged.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import re
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import RecipeError, unknown
-from .spaces import SAME, MergeSpace, SpaceDecl, describe, space_of_annotation
-
-CONTEXT_NAMES = frozenset({"key", "device", "dtype", "generator", "cache"})
-NODE_OPTIONS = frozenset({"device", "dtype"})
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+from .method_spec import CONTEXT_NAMES, HyperSpec, InputSpec, MethodSpec
+from .names import validate_name
+from .recipe import MergeNode, as_node
+from .spaces import SAME, space_of_annotation
 
 
-def validate_name(name: str, what: str) -> str:
-    """Refuse names that would not survive the recipe format or the CLI."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ValueError(f"invalid {what} name {name!r}: use lowercase letters, digits and underscores, "
-                         f"starting with a letter")
-    return name
+class MergeMethod(MethodSpec):
+    """A merge method: its declaration (:class:`MethodSpec`), and a recipe builder when called."""
 
-
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """One model input of a merge method."""
-
-    name: str
-    space: SpaceDecl
-    variadic: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class HyperSpec:
-    """One hyperparameter of a merge method."""
-
-    name: str
-    kind: type
-    default: Any
-    per_model: bool = False
-
-    def type_name(self) -> str:
-        base = self.kind.__name__
-        return f"tuple[{base}, ...]" if self.per_model else base
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class MergeMethod:
-    """A merge method: its declaration, and a recipe builder when called."""
-
-    name: str
-    function: Callable[..., Any]
-    inputs: tuple[InputSpec, ...]
-    hypers: tuple[HyperSpec, ...]
-    returns: SpaceDecl
-    context: frozenset[str]
-    takes_kwargs: bool
-    elementwise: bool = False
-    doc: str = ""
-    stored_inputs: bool = False
-    coefficients: Callable[..., Sequence[float]] | None = None
-
-    def __post_init__(self) -> None:
-        validate_name(self.name, "merge method")
-
-    @property
-    def summary(self) -> str:
-        """The first line of the docstring."""
-        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
-
-    @property
-    def variadic(self) -> InputSpec | None:
-        return next((i for i in self.inputs if i.variadic), None)
-
-    @property
-    def wants_generator(self) -> bool:
-        return "generator" in self.context or self.takes_kwargs
-
-    def hyper(self, name: str) -> HyperSpec:
-        for h in self.hypers:
-            if h.name == name:
-                return h
-        raise RecipeError(unknown("hyperparameter", name, [h.name for h in self.hypers],
-                                  f" for merge method {self.name!r}"))
-
-    def signature(self) -> str:
-        """The method's signature in recipe terms, e.g. ``weighted_sum(a: Same, b: Same, *, alpha=0.5) -> Same``."""
-        parts = []
-        for i in self.inputs:
-            parts.append(("*" if i.variadic else "") + f"{i.name}: {_space_name(i.space)}")
-        if self.hypers:
-            if not self.variadic:
-                parts.append("*")
-            parts.extend(f"{h.name}: {h.type_name()} = {h.default!r}" for h in self.hypers)
-        return f"{self.name}({', '.join(parts)}) -> {_space_name(self.returns)}"
-
-    def __call__(self, *models: Any, device: str | None = None, dtype: Any = None, **hypers: Any) -> Any:
+    def __call__(self, *models: Any, device: str | None = None, dtype: Any = None, **hypers: Any) -> MergeNode:
         """Build a recipe node calling this method on `models` with `hypers`."""
-        from .recipe import MergeNode, as_node
         nodes = tuple(as_node(m) for m in models)
         return MergeNode.build(self, nodes, hypers, device=device, dtype=dtype)
-
-    def __repr__(self) -> str:
-        return f"<merge method {self.signature()}>"
-
-    def invoke(self, inputs: Sequence[Any], hypers: Mapping[str, Any], context: Mapping[str, Any]) -> Any:
-        """Call the function on tensors, with resolved hyperparameters and the context it asks for."""
-        kwargs = dict(hypers)
-        if self.takes_kwargs:
-            kwargs.update(context)
-        else:
-            for name in self.context:
-                kwargs[name] = context.get(name)
-        return self.function(*inputs, **kwargs)
-
-
-def _space_name(space: SpaceDecl) -> str:
-    return "Same" if space is SAME else space.value.capitalize()
 
 
 def merge_method(function: Callable[..., Any] | None = None, *, name: str | None = None,
@@ -240,9 +140,3 @@ def _hyper_spec(name: str, annotation: Any, default: Any, where: str) -> HyperSp
         raise TypeError(f"{where}: hyperparameter {name!r} has unsupported type {annotation!r}; "
                         f"use float, int, bool, str or tuple[float, ...]")
     return HyperSpec(name, annotation, default)
-
-
-def describe_mismatch(method: MergeMethod, input_name: str, expected: SpaceDecl, got: MergeSpace) -> str:
-    """The message for an input in the wrong space."""
-    return (f"merge method {method.name!r}: input {input_name!r} must be in {describe(expected)}, "
-            f"but it is in {describe(got)}")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import PluginError
+from .plugins import get_plugins
+
 
 def __getattr__(name: str) -> Any:
     if name.startswith("__"):
         raise AttributeError(name)
-    from .errors import PluginError
-    from .plugins import get_plugins
     try:
         return get_plugins().merge_methods.get(name)
     except PluginError as error:
@@ -20,5 +21,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    from .plugins import get_plugins
     return sorted(get_plugins().merge_methods)

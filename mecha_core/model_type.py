@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from .architecture import Architecture
-from .merge_method import validate_name
+from .names import validate_name
 from .spaces import MergeSpace
 from .tensor_files import TensorFile, TensorInfo
 

@@ -19,12 +19,14 @@ from .architecture import (GENERIC, Architecture, ArchitectureMatch, KeySpec, ab
                            generic_key_spec, pick_architecture)
 from .errors import MechaError, MergeError, RecipeError, from_signal, suggest, unknown
 from .key_rename import RenamedKeySource, renamed_tensors
-from .merge_method import MergeMethod
+from .method_spec import MethodSpec
 from .model_type import BASE, KeySource, ModelType, OutputEncoder
 from .plugins import Plugins
 from .recipe import MergeNode, ModelNode, ParameterNode, RecipeNode, infer_space, resolve_model_path, walk
 from .spaces import MergeSpace
-from .tensor_files import DictTensors, TensorFile, open_tensor_file
+from .sharded_files import open_tensor_file
+from .tensor_files import DictTensors, TensorFile
+from .traversal import post_order
 
 
 @dataclasses.dataclass(eq=False)
@@ -51,7 +53,7 @@ class Op:
 
     space: MergeSpace
     leaf: Leaf | None = None
-    method: MergeMethod | None = None
+    method: MethodSpec | None = None
     inputs: list[Op] = dataclasses.field(default_factory=list)
     hypers: dict[str, Any] = dataclasses.field(default_factory=dict)
     device: str | None = None
@@ -252,52 +254,74 @@ def detect_model(file: TensorFile, plugins: Plugins, *, arch: str | None = None,
                  architectures: Mapping[str, Architecture] | None = None) -> tuple[ModelType, str, str]:
     """The model type and architecture of an opened file, as given or detected, with a note on why
     no architecture fits when the generic one is used. `architectures` defaults to
-    :func:`working_architectures`."""
+    :func:`working_architectures`.
+
+    The type is the one given, else the one type whose ``detect`` claims the file (which also names
+    the architecture), else ``base``; the architecture is the one given, else the type's, else the
+    best match of the file's keys."""
     if architectures is None:
         architectures = working_architectures(plugins)
     if arch is not None and arch != GENERIC and arch not in architectures:
         plugins.architectures.get(arch)  # an unknown name: the error lists the nearest ones
         raise MechaError(f"{file.label}: architecture {arch!r} is unusable (see the plugin warning above)")
     if model_type is not None:
-        given_type = plugins.model_types.get(model_type)
-        if arch is not None:
-            return given_type, arch, ""
-        if given_type.detect is not None:
-            try:
-                arch_name = _detect(given_type, file, architectures, plugins)
-            except PluginFailure as failure:
-                raise MechaError(str(failure)) from failure.__cause__
-            if arch_name is None:
-                raise MechaError(f"{file.label}: does not look like a {given_type.name} model; check type={given_type.name!r}")
-            return given_type, arch_name, ""
-        found_type = given_type
+        found = plugins.model_types.get(model_type)
+        if arch is not None:  # both given: taken as they are
+            return found, arch, ""
+        if found.detect is not None:
+            return found, _architecture_for_type(file, found, architectures, plugins), ""
     else:
-        claims = []
-        for name in plugins.model_types:
-            candidate = plugins.model_types.get(name)
-            if candidate.detect is None:
-                continue
-            try:
-                arch_name = _detect(candidate, file, architectures, plugins)
-            except PluginFailure as failure:  # a broken model type is skipped, like a broken architecture
-                plugins.report(f"{failure}; it is skipped")
-                continue
-            if arch_name is not None:
-                claims.append((candidate, arch_name))
-        if len(claims) > 1:
-            names = ", ".join(c.name for c, _ in claims)
-            raise MechaError(f"{file.label}: several model types claim this file ({names}); pass type= explicitly")
-        if claims:
-            claimed_type, arch_name = claims[0]
-            return claimed_type, arch or arch_name, ""
-        found_type = plugins.model_types.get(BASE)
+        claim = _claiming_type(file, plugins, architectures)
+        if claim is not None:
+            return claim[0], arch or claim[1], ""
+        found = plugins.model_types.get(BASE)
     if arch is not None:
-        concrete = architectures[arch].for_file(file) if arch != GENERIC else None
-        if arch != GENERIC and file.tensors and (concrete is None or concrete.match(file.tensors).present == 0):
-            raise MechaError(f"{file.label}: none of its keys belong to architecture {arch!r}; check arch={arch!r}")
-        return found_type, arch, ""
+        return found, _checked_architecture(file, arch, architectures), ""
     picked, note = pick_architecture(_matches(architectures, file, plugins))
-    return found_type, picked.name if picked else GENERIC, note
+    return found, picked.name if picked else GENERIC, note
+
+
+def _architecture_for_type(file: TensorFile, model_type: ModelType, architectures: Mapping[str, Architecture],
+                           plugins: Plugins) -> str:
+    """The architecture a file of a given type targets, as the type detects it."""
+    try:
+        arch_name = _detect(model_type, file, architectures, plugins)
+    except PluginFailure as failure:
+        raise MechaError(str(failure)) from failure.__cause__
+    if arch_name is None:
+        raise MechaError(f"{file.label}: does not look like a {model_type.name} model; check type={model_type.name!r}")
+    return arch_name
+
+
+def _claiming_type(file: TensorFile, plugins: Plugins,
+                   architectures: Mapping[str, Architecture]) -> tuple[ModelType, str] | None:
+    """The one model type whose ``detect`` claims the file, with the architecture it names; None when
+    none does. Two claims are an error: the user says which with ``type=``. A type whose ``detect``
+    fails is reported and skipped, like a broken architecture."""
+    claims = []
+    for name in plugins.model_types:
+        candidate = plugins.model_types.get(name)
+        if candidate.detect is None:
+            continue
+        try:
+            arch_name = _detect(candidate, file, architectures, plugins)
+        except PluginFailure as failure:
+            plugins.report(f"{failure}; it is skipped")
+            continue
+        if arch_name is not None:
+            claims.append((candidate, arch_name))
+    if len(claims) > 1:
+        names = ", ".join(c.name for c, _ in claims)
+        raise MechaError(f"{file.label}: several model types claim this file ({names}); pass type= explicitly")
+    return claims[0] if claims else None
+
+
+def _checked_architecture(file: TensorFile, arch: str, architectures: Mapping[str, Architecture]) -> str:
+    """An architecture given for a file, refused when none of the file's keys belong to it."""
+    concrete = architectures[arch].for_file(file) if arch != GENERIC else None
+    if arch != GENERIC and file.tensors and (concrete is None or concrete.match(file.tensors).present == 0):
+        raise MechaError(f"{file.label}: none of its keys belong to architecture {arch!r}; check arch={arch!r}")
+    return arch
 
 
 def _check_given_architecture(file: TensorFile, arch: str, architectures: Mapping[str, Architecture],
@@ -506,7 +530,7 @@ def provides(op: Op, key: str, memo: dict[int, bool]) -> bool:
 
     Computed bottom-up without recursion, so a recipe hundreds of merges deep is fine; `memo` keeps
     the answer of every node visited (and may be pre-filled, e.g. with inputs treated as missing)."""
-    for node in _unknown_post_order(op, memo):
+    for node in post_order(op, op_inputs, lambda node: id(node) in memo):
         if node.leaf is not None:
             assert node.leaf.source is not None
             result = key in node.leaf.source.keys()
@@ -540,40 +564,22 @@ def _usable(op: Op, have: list[bool]) -> list[int] | None:
     return kept
 
 
-def _unknown_post_order(root: Op, known: Mapping[int, Any]) -> list[Op]:
-    """The nodes under `root` (itself included) not in `known`, each after all its inputs."""
-    order: list[Op] = []
-    placed: set[int] = set()
-    stack: list[tuple[Op, bool]] = [(root, False)]
-    while stack:
-        op, expanded = stack.pop()
-        if id(op) in known or id(op) in placed:
-            continue
-        if expanded:
-            placed.add(id(op))
-            order.append(op)
-            continue
-        stack.append((op, True))
-        stack.extend((i, False) for i in reversed(op.inputs) if id(i) not in known and id(i) not in placed)
-    return order
+def op_inputs(op: Op) -> list[Op]:
+    """The inputs of a plan node, for :func:`mecha_core.traversal.post_order`."""
+    return op.inputs
 
 
 def _tree_chunkable(root: Op) -> bool:
-    stack, seen = [root], set()
-    while stack:
-        op = stack.pop()
-        if id(op) in seen:
-            continue
-        seen.add(id(op))
-        if op.leaf is not None:
-            if not getattr(op.leaf.source, "supports_ranges", False):
-                return False
-        else:
-            assert op.method is not None
-            if not op.method.elementwise or op.method.wants_generator or "cache" in op.method.context:
-                return False
-            stack.extend(op.inputs)
-    return True
+    return all(_chunkable(op) for op in post_order(root, op_inputs))
+
+
+def _chunkable(op: Op) -> bool:
+    """Whether a node can be evaluated on a flat range of a key: a model whose source reads ranges,
+    or an elementwise method needing neither a generator nor a cache."""
+    if op.leaf is not None:
+        return bool(getattr(op.leaf.source, "supports_ranges", False))
+    assert op.method is not None
+    return op.method.elementwise and not op.method.wants_generator and "cache" not in op.method.context
 
 
 def _plan_keys(root: Op, architecture: Architecture, leaves: list[Leaf], fallback: Leaf | None,

@@ -18,7 +18,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pluggy
 
@@ -26,9 +26,12 @@ from . import hookspecs
 from .architecture import Architecture
 from .cli_command import CliCommand
 from .errors import PluginError, from_signal, unknown
-from .merge_method import MergeMethod
+from .method_spec import MethodSpec
 from .model_type import ModelType
-from .recipe_formats import RecipeFormat
+from .recipe_format_spec import RecipeFormat
+
+if TYPE_CHECKING:  # what the decorator makes of a method: a MethodSpec that builds recipes when called
+    from .merge_method import MergeMethod
 
 ENTRY_POINT_GROUP = "mecha"
 CORE_PLUGINS = ("mecha_core.builtin",)
@@ -90,13 +93,20 @@ class Registry(Generic[T]):
         return [self.items[name] for name in self]
 
 
+# registry -> (hook, what one item is, its class); a merge method is checked as the MethodSpec that
+# every MergeMethod is, since this module sits below the one building recipes
 HOOKS: dict[str, tuple[str, str, type]] = {
-    "merge_methods": ("mecha_merge_methods", "merge method", MergeMethod),
+    "merge_methods": ("mecha_merge_methods", "merge method", MethodSpec),
     "architectures": ("mecha_architectures", "architecture", Architecture),
     "model_types": ("mecha_model_types", "model type", ModelType),
     "cli_commands": ("mecha_cli_commands", "CLI command", CliCommand),
     "recipe_formats": ("mecha_recipe_formats", "recipe format", RecipeFormat),
 }
+
+
+def spec_type_name(spec_type: type) -> str:
+    """The public name of the objects a hook returns (``MergeMethod`` for the ``MethodSpec`` checked)."""
+    return "MergeMethod" if spec_type is MethodSpec else spec_type.__name__
 
 
 class Plugins:
@@ -227,8 +237,8 @@ def _call_hook(impl: pluggy.HookImpl, hook_name: str, spec_type: type) -> tuple[
         return [], f"{hook_name}() raised {type(error).__name__}: {error}"
     wrong = next((item for item in items if not isinstance(item, spec_type)), None)
     if wrong is not None:
-        hint = " (decorate it with @mecha_core.merge_method)" if spec_type is MergeMethod and callable(wrong) else ""
-        return [], f"{hook_name}() returned {wrong!r}, expected {spec_type.__name__} objects{hint}"
+        hint = " (decorate it with @mecha_core.merge_method)" if spec_type is MethodSpec and callable(wrong) else ""
+        return [], f"{hook_name}() returned {wrong!r}, expected {spec_type_name(spec_type)} objects{hint}"
     return items, None
 
 
@@ -289,57 +299,87 @@ def create_manager() -> pluggy.PluginManager:
     return manager
 
 
+@dataclasses.dataclass(frozen=True)
+class PluginSettings:
+    """Which installed plugins load (None: all) and whether a plugin problem is an error."""
+
+    allow: frozenset[str] | None
+    strict: bool
+
+    @classmethod
+    def resolve(cls, allow: Iterable[str] | None = None, strict: bool | None = None) -> PluginSettings:
+        """The values given, else ``MECHA_LOAD_PLUGINS`` (comma-separated names; empty: none) and
+        ``MECHA_STRICT_PLUGINS`` (set, and not ``0``, ``false`` or ``no``)."""
+        if strict is None:
+            strict = os.environ.get("MECHA_STRICT_PLUGINS", "").strip().lower() not in ("", "0", "false", "no")
+        if allow is None and "MECHA_LOAD_PLUGINS" in os.environ:
+            allow = [n.strip() for n in os.environ["MECHA_LOAD_PLUGINS"].split(",") if n.strip()]
+        return cls(frozenset(allow) if allow is not None else None, strict)
+
+    def allows(self, entry_point: importlib.metadata.EntryPoint) -> bool:
+        """Whether an entry point is loaded: its plugin name or its distribution is allowed."""
+        return self.allow is None or entry_point.name in self.allow or _distribution_name(entry_point) in self.allow
+
+
 def load_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None = None, *,
                  builtins: Iterable[str] = CORE_PLUGINS, allow: Iterable[str] | None = None,
                  strict: bool | None = None) -> Plugins:
     """Build a plugin set: the core built-ins, then each allowed entry point, one at a time.
 
-    `entry_points` defaults to the installed ones of group ``mecha``; `allow` to
-    ``MECHA_LOAD_PLUGINS``; `strict` to ``MECHA_STRICT_PLUGINS``.
+    `entry_points` defaults to the installed ones of group ``mecha``; `allow` and `strict` to the
+    environment (:meth:`PluginSettings.resolve`).
     """
-    if strict is None:
-        strict = os.environ.get("MECHA_STRICT_PLUGINS", "").strip().lower() not in ("", "0", "false", "no")
-    if allow is None and "MECHA_LOAD_PLUGINS" in os.environ:
-        allow = [n.strip() for n in os.environ["MECHA_LOAD_PLUGINS"].split(",") if n.strip()]
-    manager = create_manager()
-    plugins = Plugins(manager, {}, strict=strict)
-    core_version = _version("mecha-core")
+    settings = PluginSettings.resolve(allow, strict)
+    plugins = Plugins(create_manager(), {}, strict=settings.strict)
     for module_name in builtins:
-        record = PluginRecord("core" if module_name == "mecha_core.builtin" else module_name,
-                              "mecha-core", core_version)
-        plugins.records[record.name] = _register(manager, importlib.import_module(module_name), record.name,
-                                                 record, plugins)
+        _load_builtin(plugins, module_name)
     if entry_points is None:
         entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    allowed = set(allow) if allow is not None else None
     for entry_point in sorted(entry_points, key=lambda ep: ep.name):
-        dist = getattr(entry_point, "dist", None)
-        dist_name = dist.metadata["Name"] if dist is not None else None
-        if allowed is not None and entry_point.name not in allowed and dist_name not in allowed:
-            continue
-        record = PluginRecord(entry_point.name, dist_name, dist.version if dist is not None else None)
-        if entry_point.name in plugins.records:
-            record.status = f"failed: the plugin name {entry_point.name!r} is already taken by {plugins.records[entry_point.name].label}"
-            plugins.records[f"{entry_point.name} ({dist_name})"] = record
-            _report(record, strict)
-            continue
-        plugins.records[record.name] = record
-        try:
-            plugin = entry_point.load()
-        except BaseException as error:  # a plugin's sys.exit() or KeyboardInterrupt at import must not end mecha
-            if isinstance(error, KeyboardInterrupt) and from_signal(error):
-                raise
-            record.status = f"failed: cannot import {entry_point.value}: {type(error).__name__}: {error}"
-            _report(record, strict)
-            continue
-        _register(manager, plugin, entry_point.name, record, plugins)
-    if allowed:
-        missing = sorted(allowed - {r.name for r in plugins.records.values()}
+        if settings.allows(entry_point):
+            _load_entry_point(plugins, entry_point)
+    if settings.allow:
+        missing = sorted(settings.allow - {r.name for r in plugins.records.values()}
                          - {r.distribution for r in plugins.records.values()})
         if missing:
             warnings.warn(f"MECHA_LOAD_PLUGINS names plugins that are not installed: {', '.join(missing)}",
                           PluginWarning, stacklevel=2)
     return plugins
+
+
+def _load_builtin(plugins: Plugins, module_name: str) -> None:
+    """One of the core's own plugin modules, recorded as a plugin of distribution mecha-core."""
+    record = PluginRecord("core" if module_name == "mecha_core.builtin" else module_name, "mecha-core",
+                          _version("mecha-core"))
+    plugins.records[record.name] = _register(plugins.manager, importlib.import_module(module_name), record.name,
+                                             record, plugins)
+
+
+def _distribution_name(entry_point: importlib.metadata.EntryPoint) -> str | None:
+    dist = getattr(entry_point, "dist", None)
+    return dist.metadata["Name"] if dist is not None else None
+
+
+def _load_entry_point(plugins: Plugins, entry_point: importlib.metadata.EntryPoint) -> None:
+    """Import and register one installed plugin, or record and report why it cannot be."""
+    dist = getattr(entry_point, "dist", None)
+    dist_name = _distribution_name(entry_point)
+    record = PluginRecord(entry_point.name, dist_name, dist.version if dist is not None else None)
+    if entry_point.name in plugins.records:
+        record.status = f"failed: the plugin name {entry_point.name!r} is already taken by {plugins.records[entry_point.name].label}"
+        plugins.records[f"{entry_point.name} ({dist_name})"] = record
+        _report(record, plugins.strict)
+        return
+    plugins.records[record.name] = record
+    try:
+        plugin = entry_point.load()
+    except BaseException as error:  # a plugin's sys.exit() or KeyboardInterrupt at import must not end mecha
+        if isinstance(error, KeyboardInterrupt) and from_signal(error):
+            raise
+        record.status = f"failed: cannot import {entry_point.value}: {type(error).__name__}: {error}"
+        _report(record, plugins.strict)
+        return
+    _register(plugins.manager, plugin, entry_point.name, record, plugins)
 
 
 @functools.cache

@@ -15,34 +15,60 @@ from pathlib import Path
 from typing import Any
 
 from . import dtypes
-from .errors import MechaError, RecipeError, RecipeSyntaxError, unknown
-from .merge_method import NODE_OPTIONS, HyperSpec, MergeMethod, describe_mismatch
+from .errors import MechaError, ModelFileError, RecipeError, RecipeSyntaxError, unknown
+from .key_rename import parse_rules
+from .method_spec import HyperSpec, MethodSpec, describe_mismatch
+from .plugins import Plugins, get_plugins
+from .sharded_files import is_model_folder
 from .spaces import SAME, MergeSpace
+from .traversal import post_order
 
 Number = int | float
 HyperValue = Any  # Number | bool | str | dict[str, Number] | tuple[Number | dict, ...]
+NODE_OPTIONS = frozenset({"device", "dtype"})  # keywords of a call that are not hyperparameters
+REPR_DEPTH = 6  # calls shown inside a call's repr
 
 
 class RecipeNode:
-    """A node of a recipe tree."""
+    """A node of a recipe tree.
+
+    Nodes are values: two nodes are equal when they are the same tree (same calls, hyperparameters,
+    models), shared or not. A node's hash is computed once, when it is made, from its own fields and
+    its children's hashes, so hashing any recipe costs nothing, and equality compares two trees
+    without recursion, each pair of sub-trees once (a recipe whose sub-recipes are shared compares in
+    time linear in its distinct nodes, however deep). The fields that make a node's identity are
+    never changed after construction.
+    """
+
+    _hash: int
+    _fields: tuple[Any, ...]  # the node's identity, its children aside
+
+    def _settle_identity(self, *fields: Any) -> None:
+        self._fields = (type(self).__name__, *fields)
+        self._hash = hash((self._fields, tuple(child._hash for child in self.children)))
 
     @property
     def space(self) -> MergeSpace | None:
         """The merge space of this node's tensors, or None while unknown."""
+        return self.space_in(None)
+
+    def space_in(self, plugins: Plugins | None) -> MergeSpace | None:
+        """:attr:`space`, with model types looked up in `plugins` (None: the plugin set in use)."""
         raise NotImplementedError
 
     @property
     def children(self) -> tuple[RecipeNode, ...]:
         return ()
 
-    def _identity(self) -> tuple[Any, ...]:
-        raise NotImplementedError
-
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._identity() == other._identity()  # type: ignore[attr-defined]
+        if self is other:
+            return True
+        if not isinstance(other, RecipeNode):
+            return NotImplemented
+        return _same_tree(self, other)
 
     def __hash__(self) -> int:
-        return hash(self._identity())
+        return self._hash
 
     def parameters(self) -> dict[str, ParameterNode]:
         """The parameters (template holes) of this recipe, by name."""
@@ -51,6 +77,22 @@ class RecipeNode:
     def models(self) -> list[ModelNode]:
         """The model leaves, in depth-first order, each once."""
         return [n for n in walk(self) if isinstance(n, ModelNode)]
+
+
+def _same_tree(left: RecipeNode, right: RecipeNode) -> bool:
+    """Whether two recipes are the same tree: pairs of nodes compared from an explicit stack, a pair
+    met again (a shared sub-tree) not compared twice, and different hashes telling a difference at once."""
+    compared: set[tuple[int, int]] = set()
+    stack = [(left, right)]
+    while stack:
+        a, b = stack.pop()
+        if a is b or (id(a), id(b)) in compared:
+            continue
+        if a._hash != b._hash or a._fields != b._fields or len(a.children) != len(b.children):
+            return False
+        compared.add((id(a), id(b)))
+        stack.extend(zip(a.children, b.children))
+    return True
 
 
 class ModelNode(RecipeNode):
@@ -68,9 +110,9 @@ class ModelNode(RecipeNode):
         self.arch = arch or None
         self.type = type or None
         if rename is not None:
-            from .key_rename import parse_rules
             parse_rules(rename)  # refused here, where the recipe is written, not when the merge starts
         self.rename = rename or None  # see key_rename: which keys this input provides, under which names
+        self._settle_identity(id(source) if isinstance(source, Mapping) else source, self.arch, self.type, self.rename)
 
     @property
     def is_dict(self) -> bool:
@@ -80,16 +122,10 @@ class ModelNode(RecipeNode):
     def label(self) -> str:
         return "<in-memory model>" if self.is_dict else str(self.source)
 
-    @property
-    def space(self) -> MergeSpace | None:
+    def space_in(self, plugins: Plugins | None) -> MergeSpace | None:
         if self.type is None:
             return MergeSpace.WEIGHT if self.is_dict else None
-        from .plugins import get_plugins
-        return get_plugins().model_types.get(self.type).space
-
-    def _identity(self) -> tuple[Any, ...]:
-        source = id(self.source) if self.is_dict else self.source
-        return ("model", source, self.arch, self.type, self.rename)
+        return (plugins or get_plugins()).model_types.get(self.type).space
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in (("arch", self.arch), ("type", self.type), ("rename", self.rename))
@@ -107,13 +143,14 @@ class ParameterNode(RecipeNode):
             raise RecipeError(f"parameter {name!r}: the space is 'weight' or 'delta', not {space!r}")
         self.name = name
         self._space = space if isinstance(space, MergeSpace) else MergeSpace.parse(space)
+        self._settle_identity(self.name, self._space)
 
     @property
     def space(self) -> MergeSpace:
         return self._space
 
-    def _identity(self) -> tuple[Any, ...]:
-        return ("parameter", self.name, self._space)
+    def space_in(self, plugins: Plugins | None) -> MergeSpace:
+        return self._space
 
     def __repr__(self) -> str:
         return f"parameter({self.name!r}, {self._space.value!r})"
@@ -135,7 +172,7 @@ class RecipeLine:
 class MergeNode(RecipeNode):
     """A call of a merge method on input nodes with hyperparameters."""
 
-    def __init__(self, method: MergeMethod, inputs: tuple[RecipeNode, ...], hypers: dict[str, HyperValue],
+    def __init__(self, method: MethodSpec, inputs: tuple[RecipeNode, ...], hypers: dict[str, HyperValue],
                  space: MergeSpace | None, device: str | None = None, dtype: str | None = None) -> None:
         self.method = method
         self.inputs = inputs
@@ -146,11 +183,13 @@ class MergeNode(RecipeNode):
         # where a parsed recipe wrote this call, for errors found later (when the models are opened);
         # not part of the node's identity
         self.origin: RecipeLine | None = None
+        self._settle_identity(method.name, _freeze(hypers), device, dtype)
 
     @classmethod
-    def build(cls, method: MergeMethod, inputs: tuple[RecipeNode, ...], hypers: Mapping[str, Any], *,
-              device: str | None = None, dtype: Any = None) -> MergeNode:
-        """Check arity, hyperparameters and spaces, then make the node."""
+    def build(cls, method: MethodSpec, inputs: tuple[RecipeNode, ...], hypers: Mapping[str, Any], *,
+              device: str | None = None, dtype: Any = None, plugins: Plugins | None = None) -> MergeNode:
+        """Check arity, hyperparameters and spaces, then make the node. The inputs' model types are
+        looked up in `plugins` (None: the plugin set in use)."""
         _check_arity(method, inputs)
         values: dict[str, HyperValue] = {}
         for name, value in hypers.items():
@@ -160,7 +199,7 @@ class MergeNode(RecipeNode):
         for spec in method.hypers:
             if spec.name not in values:
                 values[spec.name] = normalize_hyper(method, spec, spec.default, len(inputs)) if spec.default is not None else None
-        space = infer_space(method, inputs)
+        space = infer_space(method, inputs, plugins=plugins)
         dtype_name = _work_dtype(method, dtype)
         return cls(method, inputs, values, space, device=str(device) if device is not None else None,
                    dtype=dtype_name)
@@ -169,26 +208,33 @@ class MergeNode(RecipeNode):
     def space(self) -> MergeSpace | None:
         return self._space
 
+    def space_in(self, plugins: Plugins | None) -> MergeSpace | None:
+        return self._space
+
     @property
     def children(self) -> tuple[RecipeNode, ...]:
         return self.inputs
 
-    def _identity(self) -> tuple[Any, ...]:
-        return ("merge", self.method.name, self.inputs, _freeze(self.hypers), self.device, self.dtype)
-
-    def replace_inputs(self, inputs: tuple[RecipeNode, ...]) -> MergeNode:
-        """The same call on other inputs, re-checked."""
+    def replace_inputs(self, inputs: tuple[RecipeNode, ...], plugins: Plugins | None = None) -> MergeNode:
+        """The same call on other inputs, re-checked (model types looked up in `plugins`)."""
         hypers = {k: v for k, v in self.hypers.items() if v is not None}
-        return MergeNode.build(self.method, inputs, hypers, device=self.device, dtype=self.dtype)
+        return MergeNode.build(self.method, inputs, hypers, device=self.device, dtype=self.dtype, plugins=plugins)
 
     def __repr__(self) -> str:
-        args = [repr(i) for i in self.inputs]
+        return self._shown(REPR_DEPTH)
+
+    def _shown(self, depth: int) -> str:
+        """The call as Python, its inputs shown `depth` calls deep (a deep or widely shared recipe
+        would otherwise print without end, or recurse past Python's limit)."""
+        if depth == 0:
+            return f"{self.method.name}(...)"
+        args = [i._shown(depth - 1) if isinstance(i, MergeNode) else repr(i) for i in self.inputs]
         args += [f"{k}={v!r}" for k, v in self.hypers.items()]
         args += [f"{k}={v!r}" for k, v in (("device", self.device), ("dtype", self.dtype)) if v]
         return f"{self.method.name}({', '.join(args)})"
 
 
-def _work_dtype(method: MergeMethod, dtype: Any) -> str | None:
+def _work_dtype(method: MethodSpec, dtype: Any) -> str | None:
     """The torch-style name of a call's ``dtype=`` (a spelling such as ``fp16``, or a torch dtype)."""
     if dtype is None:
         return None
@@ -213,7 +259,7 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _check_arity(method: MergeMethod, inputs: Sequence[RecipeNode]) -> None:
+def _check_arity(method: MethodSpec, inputs: Sequence[RecipeNode]) -> None:
     fixed = sum(1 for i in method.inputs if not i.variadic)
     if method.variadic is not None:
         if len(inputs) < max(fixed, 1):
@@ -224,7 +270,7 @@ def _check_arity(method: MergeMethod, inputs: Sequence[RecipeNode]) -> None:
                           f"got {len(inputs)}: {method.signature()}")
 
 
-def input_specs(method: MergeMethod, count: int) -> list[tuple[str, Any]]:
+def input_specs(method: MethodSpec, count: int) -> list[tuple[str, Any]]:
     """(name, declared space) of each of `count` inputs, expanding the variadic parameter."""
     specs = []
     for spec in method.inputs:
@@ -236,11 +282,12 @@ def input_specs(method: MergeMethod, count: int) -> list[tuple[str, Any]]:
     return specs
 
 
-def infer_space(method: MergeMethod, inputs: Sequence[RecipeNode],
-                spaces: Sequence[MergeSpace | None] | None = None) -> MergeSpace | None:
-    """The result space of a call, refusing inputs in the wrong space (unknown spaces pass for now)."""
+def infer_space(method: MethodSpec, inputs: Sequence[RecipeNode],
+                spaces: Sequence[MergeSpace | None] | None = None, plugins: Plugins | None = None) -> MergeSpace | None:
+    """The result space of a call, refusing inputs in the wrong space (unknown spaces pass for now).
+    `spaces` defaults to the inputs' own, their model types looked up in `plugins`."""
     if spaces is None:
-        spaces = [node.space for node in inputs]
+        spaces = [node.space_in(plugins) for node in inputs]
     same: MergeSpace | None = None
     same_from = ""
     for (name, declared), node, space in zip(input_specs(method, len(inputs)), inputs, spaces):
@@ -261,7 +308,7 @@ def infer_space(method: MergeMethod, inputs: Sequence[RecipeNode],
     return method.returns
 
 
-def normalize_hyper(method: MergeMethod, spec: HyperSpec, value: Any, input_count: int) -> HyperValue:
+def normalize_hyper(method: MethodSpec, spec: HyperSpec, value: Any, input_count: int) -> HyperValue:
     """Check a hyperparameter value against its declaration and return it in canonical form."""
     where = f"merge method {method.name!r}, hyperparameter {spec.name!r}"
     if spec.per_model:
@@ -372,28 +419,23 @@ def parameter(name: str, space: str | MergeSpace = "weight") -> ParameterNode:
 
 def walk(root: RecipeNode) -> Iterator[RecipeNode]:
     """Every distinct node of a tree (by identity), children before parents, in input order."""
-    seen: set[int] = set()
-    stack: list[tuple[RecipeNode, bool]] = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if id(node) in seen:
-            continue
-        if expanded or not node.children:
-            seen.add(id(node))
-            yield node
-            continue
-        stack.append((node, True))
-        stack.extend((child, False) for child in reversed(node.children))
+    return post_order(root, _children)
 
 
-def transform(root: RecipeNode, leaf: Callable[[RecipeNode], RecipeNode]) -> RecipeNode:
-    """Rebuild a tree with each leaf replaced by ``leaf(node)``, keeping shared sub-trees shared."""
+def _children(node: RecipeNode) -> tuple[RecipeNode, ...]:
+    return node.children
+
+
+def transform(root: RecipeNode, leaf: Callable[[RecipeNode], RecipeNode],
+              plugins: Plugins | None = None) -> RecipeNode:
+    """Rebuild a tree with each leaf replaced by ``leaf(node)``, keeping shared sub-trees shared; the
+    calls rebuilt are re-checked with model types looked up in `plugins`."""
     built: dict[int, RecipeNode] = {}
     for node in walk(root):
         if isinstance(node, MergeNode):
             inputs = tuple(built[id(i)] for i in node.inputs)
             same = all(a is b for a, b in zip(inputs, node.inputs))
-            built[id(node)] = node if same else node.replace_inputs(inputs)
+            built[id(node)] = node if same else node.replace_inputs(inputs, plugins)
         else:
             built[id(node)] = leaf(node)
     return built[id(root)]
@@ -428,7 +470,6 @@ def resolve_model_path(source: str, models_dirs: Sequence[str | os.PathLike[str]
     ``.safetensors`` is appended to a name without a suffix. A model folder (holding a shard index or
     a ``model.safetensors``) is a model too. The error lists every place tried.
     """
-    from .sharded_files import is_model_folder
     candidates = [Path(source)]
     if not Path(source).suffix:
         candidates.append(Path(source + ".safetensors"))
@@ -442,7 +483,6 @@ def resolve_model_path(source: str, models_dirs: Sequence[str | os.PathLike[str]
             tried.append(str(place))
             if place.is_file() or is_model_folder(place):
                 return place
-    from .errors import ModelFileError
     where = "; tried " + ", ".join(dict.fromkeys(tried))
     if not models_dirs and not Path(source).is_absolute():
         where += " (no models folder is set: use --models-dir, MECHA_MODELS_DIR or models_dirs in the config)"

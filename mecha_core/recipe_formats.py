@@ -9,13 +9,13 @@ names its dtypes, say). Options given on the command line win over the file's.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import MechaError
-from .merge_method import validate_name
 from .recipe import RecipeNode
+from .recipe_format_spec import RecipeFormat
 
 # the keyword arguments of mecha_core.merge() a recipe file may set
 FILE_OPTIONS = ("work_dtype", "save_dtype", "fallback_model", "drop")
@@ -35,25 +35,6 @@ class ReadRecipe:
         stray = sorted(set(self.options) - set(FILE_OPTIONS))
         if stray:
             raise TypeError(f"ReadRecipe.options: unknown option {stray[0]!r}; expected {', '.join(FILE_OPTIONS)}")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class RecipeFormat:
-    """A recipe file format: its ``suffixes`` (``(".yml", ".yaml")``, lower case with the dot) and
-    ``read(path) -> ReadRecipe``. ``read`` raises :class:`mecha_core.MechaError` for a file it refuses,
-    naming the file and the field."""
-
-    name: str
-    suffixes: tuple[str, ...]
-    read: Callable[[Path], ReadRecipe]
-    summary: str = ""
-
-    def __post_init__(self) -> None:
-        validate_name(self.name, "recipe format")
-        if isinstance(self.suffixes, str) or not self.suffixes or not all(
-                isinstance(s, str) and s.startswith(".") and s == s.lower() for s in self.suffixes):
-            raise ValueError(f"recipe format {self.name!r}: suffixes must be a tuple of lower-case suffixes "
-                             f"with their dot, got {self.suffixes!r}")
 
 
 def format_for(path: Path, formats: list[RecipeFormat]) -> RecipeFormat | None:

@@ -22,8 +22,9 @@ from . import dtypes
 from .architecture import Architecture, KeySpec
 from .errors import MechaError, MergeError, from_signal
 from .hyper import resolve
-from .planning import KeyPlan, MergePlan, Op, provides, usable_inputs
+from .planning import KeyPlan, MergePlan, Op, op_inputs, provides, usable_inputs
 from .spaces import MergeSpace
+from .traversal import post_order
 
 Progress = Callable[[KeyPlan, int], None]
 
@@ -77,9 +78,12 @@ class KeyRunner:
         self.nonfinite: list[str] = []
         self.clamped: dict[str, int] = {}  # key -> values clamped to the fp8 save dtype's range
         self._lock = threading.Lock()
-        self.uses: dict[int, int] = {}
-        self._count_uses(plan.root)
-        self.leaf_ops = [op for op in self._ops() if op.leaf is not None]
+        ops = list(post_order(plan.root, op_inputs))
+        self.uses: dict[int, int] = {id(op): 0 for op in ops}  # how many calls take each node
+        for op in ops:
+            for child in op.inputs:
+                self.uses[id(child)] += 1
+        self.leaf_ops = [op for op in ops if op.leaf is not None]
         leaves = len(self.leaf_ops)
         item = torch.empty((), dtype=dtypes.to_torch(self.options.work_dtype)).element_size()
         # bytes one element of a key costs while it is evaluated: every node's value, every model's
@@ -87,63 +91,67 @@ class KeyRunner:
         self.per_element = item * (len(self.uses) + leaves + 2)
         self.chunk = max(1 << 16, self.options.chunk_bytes // self.per_element)
 
-    def _ops(self) -> list[Op]:
-        seen: dict[int, Op] = {}
-        stack = [self.plan.root]
-        while stack:
-            op = stack.pop()
-            if id(op) not in seen:
-                seen[id(op)] = op
-                stack.extend(op.inputs)
-        return list(seen.values())
-
-    def _count_uses(self, root: Op) -> None:
-        for op in self._ops():
-            self.uses.setdefault(id(op), 0)
-            for child in op.inputs:
-                self.uses[id(child)] = self.uses.get(id(child), 0) + 1
-
     # one key ------------------------------------------------------------------------------------
     def run(self, plan: KeyPlan) -> int:
-        """Compute and write one key; returns the bytes written."""
+        """Compute and write one key; returns the bytes written.
+
+        A key is written one of five ways: copied from a model; taken from a finite model when
+        ``nonfinite="skip"`` leaves the recipe nothing to merge; encoded into another model type's
+        tensors; computed chunk by chunk; or computed whole."""
         if self.cancelled.is_set():
             raise _Cancelled()
         if not plan.merge:
-            assert plan.copy_from is not None and plan.copy_from.source is not None
-            tensor = plan.copy_from.source.read(plan.name)
-            self._check_finite(plan, tensor, [plan.copy_from.label])
-            if dtypes.name_of(tensor.dtype) != plan.out_dtype:  # save_dtype_all
-                tensor = self._cast(plan, tensor, dtypes.to_torch(plan.out_dtype))
-            self.sink.write(plan.name, tensor.contiguous())
-            return tensor.numel() * tensor.element_size()
+            return self._write_copy(plan)
         present: dict[int, bool] = {}
         if self.options.nonfinite == "skip":
             present = self._exclude_nonfinite_inputs(plan)
             if present and not provides(self.plan.root, plan.name, dict(present)):
                 return self._write_donor(plan, present)
-        encoder = self.plan.encoder
-        if encoder is not None:
-            result = self._evaluate(plan, None, present)
-            self._check_finite(plan, result)
-            written = 0
-            for (name, _, dtype_name), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
-                out = self._cast(plan, tensor.to(device="cpu"), dtypes.to_torch(dtype_name)).contiguous()
-                self.sink.write(name, out)
-                written += out.numel() * out.element_size()
-            return written
-        out_dtype = dtypes.to_torch(plan.out_dtype)
+        if self.plan.encoder is not None:
+            return self._write_encoded(plan, present)
         if plan.chunkable and plan.numel > self.chunk:
-            written = 0
-            step = _chunk_step(self.chunk, plan)
-            for start in range(0, plan.numel, step):
-                if self.cancelled.is_set():
-                    raise _Cancelled()
-                stop = min(start + step, plan.numel)
-                out = self._saved(plan, self._evaluate(plan, (start, stop), present).to(device="cpu"), out_dtype)
-                self.sink.write(plan.name, out, start)
-                written += out.numel() * out.element_size()
-            return written
-        out = self._saved(plan, self._evaluate(plan, None, present).to(device="cpu"), out_dtype)
+            return self._write_chunks(plan, present)
+        return self._write_whole(plan, present)
+
+    def _write_copy(self, plan: KeyPlan) -> int:
+        """A key the recipe does not merge: the model's tensor as stored."""
+        assert plan.copy_from is not None and plan.copy_from.source is not None
+        tensor = plan.copy_from.source.read(plan.name)
+        self._check_finite(plan, tensor, [plan.copy_from.label])
+        if dtypes.name_of(tensor.dtype) != plan.out_dtype:  # save_dtype_all
+            tensor = self._cast(plan, tensor, dtypes.to_torch(plan.out_dtype))
+        self.sink.write(plan.name, tensor.contiguous())
+        return tensor.numel() * tensor.element_size()
+
+    def _write_encoded(self, plan: KeyPlan, present: dict[int, bool]) -> int:
+        """The key's result in the save format's tensors (a LoRA's up and down)."""
+        encoder = self.plan.encoder
+        assert encoder is not None
+        result = self._evaluate(plan, None, present)
+        self._check_finite(plan, result)
+        written = 0
+        for (name, _, dtype_name), tensor in zip(encoder.layout(plan.name, plan.shape), encoder.encode(plan.name, result)):
+            out = self._cast(plan, tensor.to(device="cpu"), dtypes.to_torch(dtype_name)).contiguous()
+            self.sink.write(name, out)
+            written += out.numel() * out.element_size()
+        return written
+
+    def _write_chunks(self, plan: KeyPlan, present: dict[int, bool]) -> int:
+        """An elementwise recipe on a large key: flat ranges computed and written one at a time."""
+        out_dtype = dtypes.to_torch(plan.out_dtype)
+        written = 0
+        step = _chunk_step(self.chunk, plan)
+        for start in range(0, plan.numel, step):
+            if self.cancelled.is_set():
+                raise _Cancelled()
+            stop = min(start + step, plan.numel)
+            out = self._saved(plan, self._evaluate(plan, (start, stop), present).to(device="cpu"), out_dtype)
+            self.sink.write(plan.name, out, start)
+            written += out.numel() * out.element_size()
+        return written
+
+    def _write_whole(self, plan: KeyPlan, present: dict[int, bool]) -> int:
+        out = self._saved(plan, self._evaluate(plan, None, present).to(device="cpu"), dtypes.to_torch(plan.out_dtype))
         self.sink.write(plan.name, out)
         return out.numel() * out.element_size()
 
@@ -212,28 +220,24 @@ class KeyRunner:
     def _evaluate(self, plan: KeyPlan, region: tuple[int, int] | None, present: dict[int, bool]) -> Any:
         """The recipe's value for one key (or one flat region of it).
 
-        Walks the tree with an explicit stack, so a recipe hundreds of merges deep is fine: each
-        method node is visited once to decide what it needs (the inputs that have the key, or the
-        input standing in for it), then once more, after those, to compute. Models are read when a
-        method takes them (a method that adds a source into a buffer never materialises it); a
-        value is freed as soon as its last consumer has run."""
+        Walks the method nodes the key needs (:func:`~mecha_core.traversal.post_order`, no
+        recursion, so a recipe thousands of merges deep is fine): entering a node decides what it
+        needs (the inputs that have the key, or the input standing in for it); it is computed after
+        those. Models are read when a method takes them (a method that adds a source into a buffer
+        never materialises it); a value is freed as soon as its last consumer has run."""
         memo: dict[int, Any] = {}
         remaining = dict(self.uses)
         present = dict(present)
         needs: dict[int, tuple[list[int], Op | None]] = {}
-        stack: list[Op] = [self.plan.root]
-        while stack:
-            op = stack.pop()
-            if op.leaf is not None or id(op) in memo:
-                continue
-            if id(op) not in needs:
-                positions = usable_inputs(op, plan.name, present)
-                delegate = None if positions is not None else next(
-                    c for c in op.inputs if c.space == op.space and provides(c, plan.name, present))
-                needs[id(op)] = (positions or [], delegate)
-                stack.append(op)
-                stack.extend(reversed([delegate] if delegate else [op.inputs[i] for i in positions or []]))
-                continue
+
+        def needed(op: Op) -> list[Op]:
+            positions = usable_inputs(op, plan.name, present)
+            delegate = None if positions is not None else next(
+                c for c in op.inputs if c.space == op.space and provides(c, plan.name, present))
+            needs[id(op)] = (positions or [], delegate)
+            return [delegate] if delegate else [op.inputs[i] for i in positions or []]
+
+        for op in post_order(self.plan.root, needed, _is_leaf):
             positions, delegate = needs[id(op)]
             memo[id(op)] = self._value(delegate, plan, region, memo) if delegate else \
                 self._call(op, positions, plan, region, memo, remaining)
@@ -362,6 +366,10 @@ def _origin(op: Op) -> str:
     return f" from plugin {op.provider}" if op.provider else ""
 
 
+def _is_leaf(op: Op) -> bool:
+    return op.leaf is not None
+
+
 ROW_GROUP = 64  # rows a chunk holds at a time when it can (a LoRA composes its delta 64 rows per matmul)
 
 
@@ -377,8 +385,8 @@ def _chunk_step(budget: int, plan: KeyPlan) -> int:
 
 
 def _all_finite(torch: Any, tensor: Any) -> bool:
-    """Whether a tensor holds no NaN or inf: min and max propagate both, in one pass ~20x faster than
-    ``isfinite(x).all()``."""
+    """Whether a tensor holds no NaN or inf: min and max propagate both, in one pass that allocates
+    nothing (``isfinite(x).all()`` builds a boolean tensor of the input's size, then reduces it)."""
     if tensor.numel() == 0 or not tensor.is_floating_point():
         return True
     low, high = dtypes.bounds(tensor)
@@ -416,8 +424,7 @@ def run_plan(plan: MergePlan, sink: Sink, *, threads: int, progress: Progress | 
     previous_threads = torch.get_num_threads()
     per_worker = max(1, previous_threads // threads)
     # the plan, the registry and torch are tens of thousands of long-lived objects; frozen, the
-    # garbage collector stops re-scanning them while each chunk allocates (measured: ~5% of a
-    # LoRA bake's CPU time in gc_collect_main before)
+    # garbage collector stops re-scanning them while each chunk allocates (README, Speed and memory)
     freeze = gc.get_freeze_count() == 0  # a caller's own freeze is left alone
     if freeze:
         gc.freeze()

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from . import recipe_format
+from . import recipe_syntax
 from .recipe import MergeNode, ModelNode, RecipeNode
 
 VERSION = "0.1.0"
@@ -84,12 +84,12 @@ def parse_sd_mecha1(text: str, source: str) -> RecipeNode:
     return _Parser(source).parse(text)
 
 
-class _Parser(recipe_format._Parser):
+class _Parser(recipe_syntax._Parser):
     """The ``.mecha`` tokenizer and line handling, with 1.x's instructions and ``null``."""
 
     def _version(self, version: str) -> None:
         if self.values or self.version is not None or version != VERSION:
-            raise recipe_format._LineError(f"expected 'version {VERSION}' once, as the first line")
+            raise recipe_syntax._LineError(f"expected 'version {VERSION}' once, as the first line")
         self.version = version
 
     def _instruction(self, tokens: list[Any], number: int) -> None:
@@ -112,7 +112,7 @@ class _Parser(recipe_format._Parser):
         except ValueError as error:
             text = str(error)
             prefix = "" if text.startswith("sd-mecha 1.x") else "sd-mecha 1.x recipe: "
-            raise recipe_format._LineError(prefix + text) from None
+            raise recipe_syntax._LineError(prefix + text) from None
         self.values.append(value)
         self.instruction_lines.append(number)
 

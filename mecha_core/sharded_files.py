@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelFileError
-from .tensor_files import SafetensorsFile, TensorInfo
+from .tensor_files import CONVERT_HINT, PICKLE_SUFFIXES, SafetensorsFile, TensorFile, TensorInfo
 
 INDEX_NAME = "model.safetensors.index.json"
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -160,3 +160,16 @@ def _owners(index: Path, weight_map: Mapping[str, str], shards: Mapping[str, Saf
             raise ModelFileError(f"{shard.path}: does not hold key {key!r}, which {index.name} places in it")
         owners[key] = shard
     return owners
+
+
+def open_tensor_file(path: str | os.PathLike[str]) -> TensorFile:
+    """Open a model file, a model folder or a shard index, refusing pickles before reading a byte of them.
+
+    Here, above both kinds of file, rather than in :mod:`mecha_core.tensor_files`: the core's imports
+    run one way."""
+    suffix = Path(path).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ModelFileError(f"{path}: {suffix} files are pickles; {CONVERT_HINT}")
+    if is_model_folder(Path(path)) or str(path).endswith(INDEX_SUFFIX):
+        return open_model(path)
+    return SafetensorsFile(path)

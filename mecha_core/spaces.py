@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, get_args, get_origin
 
+from .errors import RecipeError
+
 
 class MergeSpace(str, enum.Enum):
     """The space a recipe node's tensors live in."""
@@ -30,7 +32,6 @@ class MergeSpace(str, enum.Enum):
             return cls.WEIGHT
         if normalized == "delta":
             return cls.DELTA
-        from .errors import RecipeError
         raise RecipeError(f"unknown merge space {text!r}; expected 'weight' or 'delta'")
 
 

@@ -484,14 +484,3 @@ def _dict_tensor_info(name: Any, tensor: Any, label: str) -> TensorInfo:
         raise ModelFileError(f"{label}: key {_show(name)} has dtype {dtype_name}, which safetensors cannot "
                              f"store; expected one of {', '.join(dtypes.TORCH_NAME_TO_CODE)}")
     return TensorInfo(dtypes.code_of(dtype_name), tuple(tensor.shape), 0, 0)
-
-
-def open_tensor_file(path: str | os.PathLike[str]) -> TensorFile:
-    """Open a model file, a model folder or a shard index, refusing pickles before reading a byte of them."""
-    suffix = Path(path).suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        raise ModelFileError(f"{path}: {suffix} files are pickles; {CONVERT_HINT}")
-    from . import sharded_files
-    if sharded_files.is_model_folder(Path(path)) or str(path).endswith(sharded_files.INDEX_SUFFIX):
-        return sharded_files.open_model(path)
-    return SafetensorsFile(path)

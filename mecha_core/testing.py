@@ -34,11 +34,12 @@ from typing import Any
 import pytest
 
 from .architecture import Architecture
+from .cli import main
 from .dtypes import is_float_name
 from .hookspecs import hookimpl
 from .merge_method import MergeMethod
 from .output_file import save_tensors
-from .plugins import HOOKS, Plugins, get_plugins, load_plugins, using_plugins
+from .plugins import HOOKS, Plugins, get_plugins, load_plugins, spec_type_name, using_plugins
 from .recipe import normalize_hyper
 
 
@@ -73,8 +74,6 @@ def mecha_cli(mecha_plugins: Plugins, capsys: pytest.CaptureFixture[str]) -> Cal
     The status is what the ``mecha`` process would exit with (argparse's 0 for ``--help``, 2 for a usage
     error). Warnings go to pytest's warning capture (use ``pytest.warns``), not to ``err``.
     """
-    from .cli import main
-
     def run(*args: str | os.PathLike[str]) -> CliResult:
         capsys.readouterr()  # what the test printed before is not the command's output
         try:
@@ -97,7 +96,7 @@ def as_plugin(*objects: Any) -> object:
     for item in objects:
         hook = next((hook for hook, _, spec_type in HOOKS.values() if isinstance(item, spec_type)), None)
         if hook is None:
-            kinds = ", ".join(spec_type.__name__ for _, _, spec_type in HOOKS.values())
+            kinds = ", ".join(spec_type_name(spec_type) for _, _, spec_type in HOOKS.values())
             raise TypeError(f"as_plugin() takes {kinds} objects, got {item!r}")
         grouped.setdefault(hook, []).append(item)
     return types.SimpleNamespace(**{hook: hookimpl(_returning(items)) for hook, items in grouped.items()})
@@ -107,10 +106,12 @@ def _returning(items: list[Any]) -> Callable[[], list[Any]]:
     return lambda: list(items)
 
 
-def tiny_model(arch: str | Architecture, *, seed: int = 0, dtype: Any = None) -> dict[str, Any]:
-    """A random state dict of `arch` with every dimension shrunk (real key names)."""
+def tiny_model(arch: str | Architecture, *, seed: int = 0, dtype: Any = None,
+               plugins: Plugins | None = None) -> dict[str, Any]:
+    """A random state dict of `arch` with every dimension shrunk (real key names); an architecture
+    named is looked up in `plugins` (None: the set in use)."""
     import torch
-    architecture = arch if isinstance(arch, Architecture) else get_plugins().architectures.get(arch)
+    architecture = arch if isinstance(arch, Architecture) else (plugins or get_plugins()).architectures.get(arch)
     if architecture.generate is None:
         raise ValueError(f"architecture {architecture.name!r} has no generator")
     return architecture.generate(seed=seed, dtype=dtype or torch.float32, tiny=True)

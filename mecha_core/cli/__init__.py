@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import MechaError, PluginError, Signalled, from_signal
 from ..output_file import committed_outputs
 from ..plugins import Plugins, PluginWarning, get_plugins
-from . import explain_command, info_commands, merge_commands, misc_commands, streams
+from . import explain_command, info_commands, merge_commands, streams
 
 TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
@@ -47,7 +47,6 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
     merge_commands.register(commands, common, plugins)
     explain_command.register(commands, common, plugins)
     info_commands.register(commands, common, plugins)
-    misc_commands.register(commands, common, plugins)
     _add_plugin_commands(commands, common, plugins)
     for sub in commands.choices.values():
         sub.set_defaults(command_parser=sub)  # a bad flag is reported with the subcommand's usage line
@@ -125,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     warnings.formatwarning = _format_warning  # one line per warning
     warnings.simplefilter("always", PluginWarning)
+    # torch warns when it loads without numpy, which mecha never uses: the command line (the process
+    # is mecha's) hides that line; a program importing mecha_core keeps its own warning settings
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
     previous_handlers = _install_signal_handlers()
     previous_stderr, previous_stdout = streams.guard_stderr(), sys.stdout
     written = len(committed_outputs())

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import MechaError
 from ..plugins import Plugins
 from ..recipe import ModelNode, RecipeNode
-from .merge_commands import _megabytes
+from .arguments import megabytes, read_recipe, recipe_path
 
 
 def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
@@ -26,7 +26,7 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
     parser.add_argument("--fallback", metavar="MODEL", help="model that would provide the keys the recipe does not merge")
     parser.add_argument("--drop", action="append", default=[], metavar="WHAT",
                         help="leave out a component or keys matching a pattern (repeatable)")
-    parser.add_argument("--memory-budget", type=_megabytes, metavar="MB",
+    parser.add_argument("--memory-budget", type=megabytes, metavar="MB",
                         help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--plot", metavar="FILE", help="draw each model's share per block into FILE (.png or .svg; "
@@ -45,9 +45,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from .merge_commands import _read_recipe, _recipe_path
     # a recipe file stays a path, so that neither the picture nor the graph may replace it
-    recipe = _read_recipe("-") if args.recipe == "-" else _recipe_path(args.recipe)
+    recipe = read_recipe("-") if args.recipe == "-" else recipe_path(args.recipe)
     return show(recipe, as_json=args.json, plot=args.plot, plot_size=args.plot_size, graph=args.graph,
                 models_dir=args.models_dir, threads=args.threads, drop=args.drop,
                 memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,

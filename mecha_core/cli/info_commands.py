@@ -14,7 +14,7 @@ from ..merge import stored_recipe
 from ..merge_method import MergeMethod
 from ..planning import detect_model
 from ..plugins import Plugins, get_plugins
-from ..tensor_files import open_tensor_file
+from ..sharded_files import open_tensor_file
 
 
 def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:

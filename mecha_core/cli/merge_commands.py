@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Mapping
@@ -11,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
-from ..allocator import keep_freed_memory
+from ..config import load_config, models_dirs
 from ..errors import MechaError, PluginError
 from ..merge import NONFINITE_MODES, merge_with_report
 from ..output_file import write_text_atomically
 from ..planning import KeyPlan, MergePlan
-from ..plugins import Plugins
-from ..recipe import ModelNode, RecipeNode, compose
+from ..plugins import Plugins, get_plugins
+from ..recipe import ModelNode, RecipeNode, compose, resolve_model_path
 from ..recipe_format import deserialize, serialize
 from ..recipe_formats import format_for, read_with
+from .allocator import keep_freed_memory
+from .arguments import megabytes, read_recipe, recipe_path
 
 
 def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
@@ -54,7 +55,7 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                        help="leave out a component (e.g. ema) or keys matching a pattern (repeatable)")
     merge.add_argument("--nonfinite", choices=NONFINITE_MODES, default="warn",
                        help="what a NaN/inf in a result does (default: warn)")
-    merge.add_argument("--memory-budget", type=_megabytes, metavar="MB",
+    merge.add_argument("--memory-budget", type=megabytes, metavar="MB",
                        help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
     merge.add_argument("--max-shard-size", metavar="SIZE", help="largest shard of a model folder output: 5GB "
                                                                 "(default), 500MB, 2GiB...; implies a folder output")
@@ -125,43 +126,16 @@ class _ModelsDirOfCompose(argparse.Action):
 ZERO_ZERO_COMPOSE_OUTPUT = "merge.mecha"
 
 
-def _megabytes(text: str) -> float:
-    """An argparse type: a positive, finite number of megabytes (a bad one is a usage error, exit 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of megabytes, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of megabytes, got {text!r}")
-    return value
-
-
-def _read_recipe(argument: str) -> RecipeNode:
-    if argument == "-":
-        return deserialize(sys.stdin.read(), source="<stdin>")
-    return deserialize(_recipe_path(argument))
-
-
-def _recipe_path(argument: str) -> Path:
-    path = Path(argument)
-    if path.is_dir():
-        raise MechaError(f"{argument}: is a folder, not a recipe file")
-    if not path.is_file():
-        raise MechaError(f"{argument}: no such recipe file")
-    return path
-
-
 def _read_recipe_file(argument: str) -> tuple[RecipeNode | Path, Mapping[str, Any]]:
     """The recipe and the merge options its file sets: a plugin's format (by suffix), else a ``.mecha``
     file, given to merge() as a path so that the output may not replace it."""
-    from ..plugins import get_plugins
     if argument == "-":
-        return _read_recipe("-"), {}
+        return read_recipe("-"), {}
     plugins = get_plugins()
     found = format_for(Path(argument), plugins.recipe_formats.values())
     if found is None:
-        return _recipe_path(argument), {}
-    read = read_with(found, _recipe_path(argument), plugins.provider("recipe_formats", found.name).label)
+        return recipe_path(argument), {}
+    read = read_with(found, recipe_path(argument), plugins.provider("recipe_formats", found.name).label)
     return read.recipe, read.options
 
 
@@ -175,7 +149,6 @@ def run_merge(args: argparse.Namespace) -> int:
     recipe, file_options = _read_recipe_file(args.recipe)
     save_as = None
     save_options: dict[str, Any] = {}
-    from ..plugins import get_plugins
     for name in args.save_types:
         model_type = get_plugins().model_types.get(name)
         extras = {extra: getattr(args, f"{name}_{extra}") for extra, _ in model_type.save_extras
@@ -252,14 +225,14 @@ class _Progress:
 
 
 def run_compose(args: argparse.Namespace) -> int:
-    base = _read_recipe(args.base)
+    base = read_recipe(args.base)
     inputs: list[str] = [] if args.base == "-" else [args.base]
     values: dict[str, Any] = {}
     for name, value in args.parameter:
         if name in values:
             raise MechaError(f"parameter {name!r} is given twice")
         if value.endswith(".mecha"):
-            values[name] = _read_recipe(value)
+            values[name] = read_recipe(value)
         else:
             values[name] = value
         inputs.append(value)
@@ -277,8 +250,6 @@ def run_compose(args: argparse.Namespace) -> int:
 
 def _models_found(recipe: RecipeNode) -> list[str]:
     """The files the recipe's model names resolve to under the configured models folders, where they exist."""
-    from ..config import load_config, models_dirs
-    from ..recipe import resolve_model_path
     try:
         folders = models_dirs(None, load_config())
     except MechaError:  # a broken config is reported by the commands that need it

@@ -1,4 +1,8 @@
-"""``mecha demo`` (a real merge of two small generated models) and ``mecha convert`` (pickle to safetensors)."""
+"""``mecha demo`` (a real merge of two small generated models) and ``mecha convert`` (pickle to safetensors).
+
+Not built into the parser: the core's own plugin (:mod:`mecha_core.builtin`) registers them through
+``mecha_cli_commands``, as any plugin adds a command.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +13,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..cli_command import CliCommand
 from ..dtypes import TORCH_NAME_TO_CODE
 from ..errors import MechaError
 from ..merge import merge_with_report
 from ..output_file import save_tensors
-from ..plugins import Plugins, get_plugins
+from ..plugins import get_plugins
 from ..recipe import model
 from ..recipe_format import serialize
-from ..tensor_files import PICKLE_SUFFIXES, open_tensor_file
+from ..sharded_files import open_tensor_file
+from ..tensor_files import PICKLE_SUFFIXES
 
 
-def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
-    demo = commands.add_parser("demo", parents=[common], help="merge two small generated models and check the result",
-                               description="Write two small random models of an installed architecture into a "
-                                           "folder, merge them with a weighted_sum recipe, and check every key "
-                                           "against the formula.")
+def _demo_arguments(demo: argparse.ArgumentParser) -> None:
+    demo.description = ("Write two small random models of an installed architecture into a folder, merge them "
+                        "with a weighted_sum recipe, and check every key against the formula.")
     demo.add_argument("--arch", help="architecture of the models (default: the first installed one that can "
                                      "generate models, else a toy MLP)")
     demo.add_argument("--alpha", type=float, default=0.3, help="weighted_sum alpha (default: 0.3)")
     demo.add_argument("--keep", metavar="DIR", help="write the files into DIR and keep them")
-    demo.set_defaults(handler=run_demo)
 
-    convert = commands.add_parser("convert", parents=[common], help="convert a pickled .ckpt/.pt file to safetensors",
-                                  description="Load a PyTorch pickle with torch.load(weights_only=True), which "
-                                              "refuses to run code, and save its tensors as safetensors.")
+
+def _convert_arguments(convert: argparse.ArgumentParser) -> None:
+    convert.description = ("Load a PyTorch pickle with torch.load(weights_only=True), which refuses to run code, "
+                           "and save its tensors as safetensors.")
     convert.add_argument("file")
     convert.add_argument("-o", "--output", help="output file (default: FILE with .safetensors)")
-    convert.set_defaults(handler=run_convert, output_is_file=True)
+    convert.set_defaults(output_is_file=True)
 
 
 def _toy_model(seed: int) -> dict[str, Any]:
@@ -148,6 +152,10 @@ def run_convert(args: argparse.Namespace) -> int:
     save_tensors(tensors, output, inputs=[source])
     print(f"wrote {output}: {len(tensors)} tensors" + (f" ({skipped} other entries left out)" if skipped else ""))
     return 0
+
+
+DEMO = CliCommand("demo", "merge two small generated models and check the result", run_demo, _demo_arguments)
+CONVERT = CliCommand("convert", "convert a pickled .ckpt/.pt file to safetensors", run_convert, _convert_arguments)
 
 
 def _storable(value: Any) -> bool:

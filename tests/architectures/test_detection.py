@@ -10,7 +10,7 @@ import torch
 import mecha_core as mc
 from mecha_core.cli import main
 from mecha_core.planning import detect_model
-from mecha_core.tensor_files import open_tensor_file
+from mecha_core import open_tensor_file
 from mecha_core.testing import tiny_model, write_model
 
 

@@ -55,7 +55,7 @@ def test_a_merged_flux_files_header_loads_into_diffusers(plugins, tmp_path):
     """The keys of a merge's output (transformer-only, unprefixed, fp8), from its header, at real shapes:
     the tiny merge gives the names, the architecture the real shapes of those names."""
     import mecha_core as mc
-    from mecha_core.tensor_files import open_tensor_file
+    from mecha_core import open_tensor_file
     from mecha_core.testing import write_model
     alone = {k.removeprefix("model.diffusion_model."): v.to(torch.float8_e4m3fn)
              for k, v in FLUX.generate(seed=1).items() if k.startswith("model.")}

@@ -13,7 +13,7 @@ import torch
 import mecha_core as mc
 from mecha_core.merge import merge_with_report
 from mecha_core.planning import detect_model
-from mecha_core.tensor_files import open_tensor_file
+from mecha_core import open_tensor_file
 from mecha_core.testing import check_architecture, write_model
 from mecha_flux.flux import FLUX
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from mecha_core.random_models import random_tensor, write_random_model
-from mecha_core.tensor_files import open_tensor_file
+from mecha_core import open_tensor_file
 from mecha_core.testing import check_architecture, write_model
 from mecha_sd1 import sd1
 from mecha_sd1.sd1 import SD1

@@ -8,7 +8,7 @@ import torch
 
 import mecha_core as mc
 from mecha_core.planning import detect_model
-from mecha_core.tensor_files import open_tensor_file
+from mecha_core import open_tensor_file
 from mecha_core.testing import write_model
 from mecha_sd3.sd3 import SD3
 

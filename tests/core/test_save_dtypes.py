@@ -8,7 +8,7 @@ import torch
 
 import mecha_core as mc
 from mecha_core.merge import merge_with_report
-from mecha_core.tensor_files import open_tensor_file
+from mecha_core import open_tensor_file
 
 from .conftest import toy_model
 

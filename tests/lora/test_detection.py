@@ -7,7 +7,7 @@ import torch
 
 import mecha_core as mc
 from mecha_core.planning import detect_model
-from mecha_core.tensor_files import open_tensor_file
+from mecha_core import open_tensor_file
 from mecha_core.testing import tiny_model, write_model
 from mecha_lora.generation import random_lora, write_random_lora
 

@@ -12,7 +12,7 @@ import torch
 
 import mecha_core as mc
 from mecha_core.output_file import OutputFile, save_tensors, write_text_atomically
-from mecha_core.tensor_files import open_tensor_file
+from mecha_core import open_tensor_file
 
 from .conftest import error_line, recipe_file, run, save, snapshot, temp_files
 

@@ -3,11 +3,11 @@
 A merge allocates and frees buffers of a few MB to tens of MB thousands of times (each key's
 inputs in the work dtype, the method's result, the cast for saving). By default glibc serves
 buffers above an adaptive threshold with fresh ``mmap``s and trims freed heap memory back to the
-system, so every buffer faults its pages in anew. Measured on a 2-core VM baking a LoRA into SDXL:
-3.9 M page faults and as much system time as the arithmetic. Fixing the threshold at glibc's maximum
-(32 MiB) and trimming only above 1 GiB keeps those buffers in the process for the next key (0.1 M
-faults). Peak private memory stays that of the largest working set; the memory goes back to the
-system when the process exits.
+system, so every buffer faults its pages in anew: on a LoRA bake, page faults cost as much system
+time as the arithmetic (README, Speed and memory). Fixing the threshold at glibc's maximum (32 MiB)
+and trimming only above 1 GiB keeps those buffers in the process for the next key. Peak private
+memory stays that of the largest working set; the memory goes back to the system when the process
+exits.
 
 Only the CLI calls this: a library should not change its host process's allocator.
 """
