@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import dtypes, keyspecs, methods, random_models
-from .architecture import Architecture, ArchitectureMatch, Component, KeySpec
+from .architecture import Architecture, ArchitectureMatch, Component, KeySpec, generic_key_spec
 from .cli_command import CliCommand
 from .errors import MechaError, MergeError, ModelFileError, PluginError, RecipeError, RecipeSyntaxError
 from .explain import Explanation, explain
@@ -41,14 +41,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "Explanation", "KeySource", "KeySpec",
-    "MechaError",
-    "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace", "ModelFileError", "ModelNode",
-    "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins", "ReadRecipe", "RecipeError",
-    "RecipeFormat", "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile", "TensorFile", "TensorInfo", "Weight",
-    "blocks", "classes", "compose", "default", "deserialize", "dtypes", "explain", "get_plugins", "hookimpl",
-    "keyspecs", "load_plugins",
-    "merge", "merge_method", "methods", "model", "open_tensor_file", "parameter", "random_models", "save_tensors",
-    "serialize", "set_plugins", "using_plugins",
+    "MechaError", "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace", "ModelFileError",
+    "ModelNode", "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins",
+    "ReadRecipe", "RecipeError", "RecipeFormat", "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile",
+    "TensorFile", "TensorInfo", "Weight", "blocks", "classes", "compose", "default", "deserialize", "dtypes",
+    "explain", "generic_key_spec", "get_plugins", "hookimpl", "keyspecs", "load_plugins", "merge", "merge_method",
+    "methods", "model", "open_tensor_file", "parameter", "random_models", "save_tensors", "serialize",
+    "set_plugins", "using_plugins",
 ]
 
 

@@ -175,7 +175,7 @@ class OutputFile:
         if not self.part:
             _committed.append(self.path)
         self._temp = None
-        _fsync_folder(self.path.parent)
+        fsync_folder(self.path.parent)
         return self.path
 
     def abort(self) -> None:
@@ -326,7 +326,7 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -368,7 +368,7 @@ def write_bytes_atomically(path: Path, data: bytes, *, inputs: Iterable[str | os
     except BaseException:
         _drop_temp(temp, temp_id, path)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
     return path
 
 

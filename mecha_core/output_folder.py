@@ -31,7 +31,7 @@ from typing import Any
 
 from . import dtypes
 from .errors import MechaError
-from .output_file import TEMP_SUFFIX, OutputFile, mark_committed, plan_layout
+from .output_file import TEMP_SUFFIX, OutputFile, fsync_folder, mark_committed, plan_layout
 from .sharded_files import INDEX_NAME, SINGLE_NAME, model_file_in
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' default "5GB"
@@ -216,13 +216,13 @@ class OutputFolder:
                 _write_json(self._temp / INDEX_NAME, self.plan.index())
             self._copy_companions(self._temp)
             os.chmod(self._temp, 0o777 & ~_umask())
-            _fsync(self._temp)
+            fsync_folder(self._temp)
             _replace_folder(self._temp, self.path)
             self._temp = None
             mark_committed(self.path)
         except OSError as error:
             raise MechaError(f"cannot finish writing {str(self.path)!r}: {error.strerror or error}") from None
-        _fsync(self.path.parent)
+        fsync_folder(self.path.parent)
         return self.path
 
     def _copy_companions(self, folder: Path) -> None:
@@ -310,16 +310,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _fsync(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -78,7 +78,7 @@ def _late_signal_after_rename(monkeypatch, where: str) -> None:
         def terminate(folder):
             raise Terminated(signal.SIGTERM)
 
-        monkeypatch.setattr(output_file, "_fsync_folder", terminate)
+        monkeypatch.setattr(output_file, "fsync_folder", terminate)
 
 
 @pytest.mark.parametrize("where", ["right after the rename", "during the folder sync"])

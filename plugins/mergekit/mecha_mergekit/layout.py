@@ -16,11 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mecha_core import KeySpec, MechaError, get_plugins, open_tensor_file
+from mecha_core import KeySpec, MechaError, generic_key_spec, get_plugins, open_tensor_file
 
 GENERIC = "generic"
 _LAYER = re.compile(r"^(.*?\.)(\d+)\.(.+)$")
-_INDEX = re.compile(r"^\d+$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,18 +96,4 @@ def _architecture(file: Any) -> tuple[str, dict[str, KeySpec]]:
 
 def generic_spec(key: str) -> KeySpec:
     """The generic architecture's grouping of a key (the core's documented rule)."""
-    parts = key.split(".")
-    if parts[-1] in ("weight", "bias") and len(parts) > 1:
-        parts = parts[:-1]
-    index = next((i for i, part in enumerate(parts) if _INDEX.match(part)), None)
-    if index is None:
-        blocks: tuple[str, ...] = ()
-        rest = parts
-    else:
-        blocks = (_identifier("_".join(parts[: index + 1])),)
-        rest = [p for p in parts[index + 1:] if not _INDEX.match(p)] or parts[:index]
-    return KeySpec(key, (), component="model", blocks=blocks, class_=_identifier("_".join(rest)) or None)
-
-
-def _identifier(text: str) -> str:
-    return re.sub(r"[^a-z0-9_]", "_", text.lower()).strip("_")
+    return generic_key_spec(key, (), "float32")
