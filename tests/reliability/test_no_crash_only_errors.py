@@ -129,7 +129,7 @@ def test_an_output_name_at_the_limit_works_and_one_past_it_is_an_error(folder, c
 
 # 10 ------------------------------------------------------------------------------------------------
 def _plugin(plugins, name, **hooks):
-    plugin = type(name, (), {hook: mc.hookimpl(staticmethod(function)) for hook, function in hooks.items()})()
+    plugin = type(name, (), {hook: staticmethod(mc.hookimpl(function)) for hook, function in hooks.items()})()
     plugins.register(plugin, name)
 
 
