@@ -217,13 +217,8 @@ def block(math_: ModuleMath, read: Reader, prepared: Any, first: int, stop: int)
     if math_.algorithm == LORA:
         return (up_rows(math_, read, first, stop).to(torch.float32) * math_.scale) @ prepared
     if math_.algorithm == LOHA:
-        cp = "hada_t1" in math_.parts
-
-        def ups(part: str) -> Any:
-            tensor = read(math_.parts[part])
-            return (tensor[:, first:stop].T if cp else tensor[first:stop]).to(torch.float32)
-
-        product = (ups("hada_w1_a") @ prepared[0]).mul_(ups("hada_w2_a") @ prepared[1])
+        product, other = _hadamard_factors(math_, read, prepared, first, stop)
+        product.mul_(other)
         return product.mul_(math_.scale) if math_.scale != 1 else product
     if math_.algorithm == LOKR_ALGO:
         w1, w2 = prepared
@@ -232,6 +227,35 @@ def block(math_: ModuleMath, read: Reader, prepared: Any, first: int, stop: int)
         product = (w1[rows // height][:, :, None] * w2[rows % height][:, None, :]).reshape(stop - first, -1)
         return product.mul_(math_.scale) if math_.scale != 1 else product
     return read(math_.parts[DIFF]).reshape(math_.rows, -1)[first:stop].to(torch.float32)
+
+
+def add_block(math_: ModuleMath, read: Reader, prepared: Any, first: int, stop: int, into: Any, alpha: float) -> None:
+    """Add ``alpha`` times rows [first, stop) of the module's scaled delta into `into` (rows, columns).
+
+    LoRA adds ``up @ down`` by ``addmm_`` and LoHa its two products by ``addcmul_``, with no delta
+    block and no separate scaling or addition pass; the others compose their block, then add it.
+    `prepared` is :func:`prepare`'s, in `into`'s dtype for LoRA and float32 for the others."""
+    import torch
+    if math_.algorithm == LORA:
+        up = up_rows(math_, read, first, stop).to(device=into.device, dtype=into.dtype)
+        into.addmm_(up, prepared, alpha=alpha * math_.scale)
+    elif math_.algorithm == LOHA:
+        first_product, second_product = _hadamard_factors(math_, read, prepared, first, stop)
+        into.addcmul_(first_product, second_product, value=alpha * math_.scale)
+    else:
+        into.add_(block(math_, read, prepared, first, stop), alpha=alpha)
+
+
+def _hadamard_factors(math_: ModuleMath, read: Reader, prepared: Any, first: int, stop: int) -> tuple[Any, Any]:
+    """Rows [first, stop) of a LoHa's two low-rank products, unscaled, float32."""
+    import torch
+    cp = "hada_t1" in math_.parts
+
+    def ups(part: str) -> Any:
+        tensor = read(math_.parts[part])
+        return (tensor[:, first:stop].T if cp else tensor[first:stop]).to(torch.float32)
+
+    return ups("hada_w1_a") @ prepared[0], ups("hada_w2_a") @ prepared[1]
 
 
 def bias_math(math_: ModuleMath) -> ModuleMath:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import threading
 from collections.abc import Collection, Iterator
@@ -178,9 +179,10 @@ class LoraSource:
             for row in range(0, stop - first, ROW_BLOCK):
                 torch.mm(up[row:row + ROW_BLOCK], prepared, out=out[row:row + ROW_BLOCK])
         else:
+            read = _read_once(self.file.read)
             for row in range(first, stop, ROW_BLOCK):
                 end = min(row + ROW_BLOCK, stop)
-                out[row - first:end - first] = algorithms.block(module, self.file.read, prepared, row, end)
+                out[row - first:end - first] = algorithms.block(module, read, prepared, row, end)
         return out[low - first:high - first]
 
     def _add_product_rows(self, module: ModuleMath, low: int, high: int, skip: int, target: Any, alpha: float) -> None:
@@ -188,42 +190,34 @@ class LoraSource:
         [low, high) from `skip` elements into row `low` on.
 
         Computed in the blocks of ROW_BLOCK rows ``_product_rows`` uses, so any chunk adds what the
-        whole key would. A LoRA block wholly inside `target` is added in place by ``addmm_``, one
-        `target` holds only part of through a scratch copy of it (an entry of ``addmm_`` depends only on
-        its own value, its row of ``up`` and ``down``, whatever the scratch holds elsewhere); the blocks
-        of other algorithms are composed, then added elementwise."""
+        whole key would. A block wholly inside `target` is added in place (:func:`algorithms.add_block`:
+        LoRA by ``addmm_``, LoHa by ``addcmul_`` of its two products), a block `target` holds only part
+        of through a scratch copy of it (an entry of either depends only on its own value and its own
+        row and column factors, whatever the scratch holds elsewhere)."""
         import torch
         first, stop = _block_bounds(module, low, high)
         columns = module.columns
         begin = (low - first) * columns + skip  # where target starts in the blocks' flat elements
         end = begin + target.numel()
-        if module.algorithm != LORA:
-            prepared = self._prepare(module, target.device, torch.float32)
-            for row in range(first, stop, ROW_BLOCK):
-                height = min(ROW_BLOCK, stop - row)
-                block_start = (row - first) * columns
-                low_end, high_end = max(block_start, begin), min(block_start + height * columns, end)
-                if low_end < high_end:
-                    values = algorithms.block(module, self.file.read, prepared, row, row + height).reshape(-1)
-                    target[low_end - begin:high_end - begin].add_(
-                        values[low_end - block_start:high_end - block_start].to(target.dtype), alpha=alpha)
-            return
-        up = algorithms.up_rows(module, self.file.read, first, stop).to(device=target.device, dtype=target.dtype)
-        down = self._prepare(module, target.device, target.dtype)
-        scale = alpha * module.scale
-        for row in range(0, stop - first, ROW_BLOCK):
-            height = min(ROW_BLOCK, stop - first - row)
-            block_start, block_end = row * columns, (row + height) * columns
+        dtype = target.dtype if module.algorithm == LORA else torch.float32
+        prepared = self._prepare(module, target.device, dtype)
+        read = _read_once(self.file.read)
+        for row in range(first, stop, ROW_BLOCK):
+            height = min(ROW_BLOCK, stop - row)
+            block_start = (row - first) * columns
+            block_end = block_start + height * columns
             if block_start >= begin and block_end <= end:
-                block = target[block_start - begin:block_end - begin].view(height, columns)
-                block.addmm_(up[row:row + height], down, alpha=scale)
-            else:
-                low_end, high_end = max(block_start, begin), min(block_end, end)
-                scratch = torch.zeros(height * columns, dtype=target.dtype, device=target.device)
-                part = scratch[low_end - block_start:high_end - block_start]
-                part.copy_(target[low_end - begin:high_end - begin])
-                scratch.view(height, columns).addmm_(up[row:row + height], down, alpha=scale)
-                target[low_end - begin:high_end - begin].copy_(part)
+                into = target[block_start - begin:block_end - begin].view(height, columns)
+                algorithms.add_block(module, read, prepared, row, row + height, into, alpha)
+                continue
+            low_end, high_end = max(block_start, begin), min(block_end, end)
+            if low_end >= high_end:
+                continue
+            scratch = torch.zeros(height * columns, dtype=target.dtype, device=target.device)
+            part = scratch[low_end - block_start:high_end - block_start]
+            part.copy_(target[low_end - begin:high_end - begin])
+            algorithms.add_block(module, read, prepared, row, row + height, scratch.view(height, columns), alpha)
+            target[low_end - begin:high_end - begin].copy_(part)
 
     def _prepare(self, module: ModuleMath, device: Any, dtype: Any) -> Any:
         """The module's column side (:func:`algorithms.prepare`), kept for the next chunk of the same key."""
@@ -307,6 +301,11 @@ def _bias_key(key: str, architecture: Architecture) -> str | None:
         return None
     bias = key[:-len("weight")] + "bias"
     return bias if bias in architecture.key_specs else None
+
+
+def _read_once(read: algorithms.Reader) -> algorithms.Reader:
+    """`read`, each tensor read from the file once: a module's row factors serve all its row blocks."""
+    return functools.cache(read)
 
 
 def _block_bounds(module: ModuleMath, low: int, high: int) -> tuple[int, int]:
