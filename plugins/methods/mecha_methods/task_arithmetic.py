@@ -29,33 +29,123 @@ from .tensor_ops import Tensor, computable, per_model, rng, uniform_like
 Sparsify = Callable[[int, Tensor], Tensor]
 
 
+CHUNK = 1 << 20  # elements of each tensor a chunk of the elementwise steps holds (4 MiB in float32)
+
+
 def _task_arithmetic(base: Tensor, models: Sequence[Tensor], weight: Sequence[float], sparsify: Sparsify | None,
-                     *, consensus: bool, normalize: bool, lambda_: float) -> Tensor:
-    """The shared pipeline described in the module docstring."""
+                     *, consensus: bool, normalize: bool, lambda_: float,
+                     top_k: Sequence[float] | None = None) -> Tensor:
+    """The shared pipeline described in the module docstring.
+
+    Steps 2 to 5 are elementwise, so they run over CHUNK elements at a time: a large key (an LLM's
+    embedding) holds its inputs, the result and a few chunk-sized temporaries, not a float32 copy of
+    every task vector. `top_k` (TIES trim) keeps that: its per-model threshold is found first, in
+    chunks (:class:`_TopK`). A `sparsify` function sees whole task vectors (random drops draw one
+    stream per tensor), so with one the pipeline runs in a single chunk.
+    """
     import torch
 
     weight = per_model(weight, len(models))
-    origin = computable(base)
-    weighted = []
-    for i, (model, w) in enumerate(zip(models, weight)):
-        delta = computable(model) - origin
-        weighted.append((sparsify(i, delta) if sparsify is not None else delta) * w)
-    if consensus:
-        elected = torch.where(sum(weighted[1:], weighted[0]) >= 0, 1.0, -1.0).to(origin.dtype)
-        merged = torch.zeros_like(origin)
-        divisor = torch.zeros_like(origin)
-        for u, w in zip(weighted, weight):
-            agree = u.sign() == elected
-            merged += torch.where(agree, u, torch.zeros((), dtype=u.dtype, device=u.device))
-            divisor += agree.to(origin.dtype) * w
-        if normalize:
-            merged = merged / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-    else:
-        merged = sum(weighted[1:], weighted[0])
-        total = sum(weight)
-        if normalize and abs(total) >= 1e-8:
-            merged = merged / total
-    return (origin + lambda_ * merged).to(base.dtype)
+    flat_base = base.reshape(-1)
+    flat_models = [model.reshape(-1) for model in models]
+    count = flat_base.numel()
+    step = max(count, 1) if sparsify is not None else CHUNK
+    trims = [_TopK(flat_base, model, density, step) for model, density in zip(flat_models, top_k)] if top_k else None
+    out = torch.empty_like(flat_base)
+    for start in range(0, count, step):
+        stop = min(start + step, count)
+        origin = computable(flat_base[start:stop])
+        weighted = []
+        for i, (model, w) in enumerate(zip(flat_models, weight)):
+            delta = computable(model[start:stop]) - origin
+            if trims is not None:
+                delta = trims[i].trim(delta)
+            elif sparsify is not None:
+                delta = sparsify(i, delta.reshape(base.shape)).reshape(-1)
+            weighted.append(delta * w)
+        if consensus:
+            elected = torch.where(sum(weighted[1:], weighted[0]) >= 0, 1.0, -1.0).to(origin.dtype)
+            merged = torch.zeros_like(origin)
+            divisor = torch.zeros_like(origin)
+            for u, w in zip(weighted, weight):
+                agree = u.sign() == elected
+                merged += torch.where(agree, u, torch.zeros((), dtype=u.dtype, device=u.device))
+                divisor += agree.to(origin.dtype) * w
+            if normalize:
+                merged = merged / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+        else:
+            merged = sum(weighted[1:], weighted[0])
+            total = sum(weight)
+            if normalize and abs(total) >= 1e-8:
+                merged = merged / total
+        out[start:stop] = origin + lambda_ * merged
+    return out.reshape(base.shape)
+
+
+class _TopK:
+    """TIES trim of one task vector: keep exactly k = int(d numel) entries of largest magnitude (at
+    least 1 when d > 0; d <= 0 keeps none, d >= 1 all), equal magnitudes at the cut taken in index order.
+
+    The cut is found without sorting or a float32 copy of the whole task vector: a float's magnitude,
+    its bits read as an integer, orders like the magnitude, so counting passes over the chunks, one per
+    16 bits (the top 16 bits, then the next 16 inside the one top value where the k-th entry falls,
+    ...), give the k-th largest magnitude exactly and how many entries equal to it are kept.
+    :meth:`trim` then takes the chunks in order.
+    """
+
+    def __init__(self, base: Tensor, model: Tensor, density: float, step: int) -> None:
+        import torch
+        count = base.numel()
+        self.keep_all, self.keep_none = density >= 1 or count == 0, density <= 0
+        self.cut, self.equal_kept, self.equal_seen = 0, 0, 0
+        if self.keep_all or self.keep_none:
+            return
+        wanted = max(1, int(density * count))
+        chunks = [(start, min(start + step, count)) for start in range(0, count, step)]
+        width = torch.finfo(computable(base[:1]).dtype).bits
+        self.bits_dtype = torch.int64 if width == 64 else torch.int32
+
+        def magnitude_bits(start: int, stop: int) -> Tensor:
+            origin = computable(base[start:stop])
+            return (computable(model[start:stop]) - origin).abs_().view(self.bits_dtype)
+
+        prefix = 0
+        for digit in range(width // 16):
+            shift = width - 16 * (digit + 1)
+            counts = torch.zeros(1 << 16, dtype=torch.int64)
+            for start, stop in chunks:
+                bits = magnitude_bits(start, stop)
+                if digit:
+                    bits = bits[(bits >> (shift + 16)) == prefix]
+                counts += torch.bincount((bits >> shift) & 0xFFFF, minlength=1 << 16)
+            value, wanted = _kth_from_top(counts, wanted)
+            prefix = (prefix << 16) | value
+        self.cut, self.equal_kept = prefix, wanted
+
+    def trim(self, delta: Tensor) -> Tensor:
+        """The next chunk of the task vector, trimmed (chunks must come in order)."""
+        import torch
+        if self.keep_all:
+            return delta
+        if self.keep_none:
+            return torch.zeros_like(delta)
+        bits = delta.abs().view(self.bits_dtype)
+        keep = bits > self.cut
+        equal = bits == self.cut
+        if self.equal_kept > self.equal_seen:
+            keep |= equal & (torch.cumsum(equal, 0) <= self.equal_kept - self.equal_seen)
+        self.equal_seen += int(equal.sum())
+        return torch.where(keep, delta, torch.zeros((), dtype=delta.dtype))
+
+
+def _kth_from_top(counts: Tensor, wanted: int) -> tuple[int, int]:
+    """The value (index into `counts`) holding the `wanted`-th largest entry, and how many entries of
+    that value are among the `wanted` largest."""
+    import torch
+    from_top = torch.cumsum(counts.flip(0), 0)
+    position = int(torch.searchsorted(from_top, wanted))
+    above = int(from_top[position - 1]) if position > 0 else 0
+    return counts.numel() - 1 - position, wanted - above
 
 
 def _with_details(*paragraphs: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -65,24 +155,6 @@ def _with_details(*paragraphs: str) -> Callable[[Callable[..., Any]], Callable[.
         fn.__doc__ = (fn.__doc__ or "").rstrip() + "".join("\n\n" + block for block in blocks)
         return fn
     return attach
-
-
-def _magnitude_top_k(density: Sequence[float]) -> Sparsify:
-    """TIES trim: keep exactly k = int(d numel) entries of largest magnitude (at least 1 when d > 0)."""
-    import torch
-
-    def trim(i: int, delta: Tensor) -> Tensor:
-        d, n = density[i], delta.numel()
-        if d >= 1 or n == 0:
-            return delta
-        if d <= 0:
-            return torch.zeros_like(delta)
-        k = max(1, int(d * n))
-        keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
-        keep[delta.reshape(-1).abs().topk(k).indices] = True
-        return torch.where(keep.reshape(delta.shape), delta, torch.zeros_like(delta))
-
-    return trim
 
 
 def _random_drop(density: Sequence[float], rescale: bool, generator: Any) -> Sparsify:
@@ -214,8 +286,8 @@ def ties_merge(base: Weight, *models: Weight, weight: tuple[float, ...] = 1.0, d
     whole tensor (at least one when density > 0; density <= 0 keeps none, >= 1 all). density: per
     model, in [0, 1] (arXiv:2306.01708).
     """
-    trim = _magnitude_top_k(per_model(density, len(models)))
-    return _task_arithmetic(base, models, weight, trim, consensus=True, normalize=normalize, lambda_=lambda_)
+    return _task_arithmetic(base, models, weight, None, consensus=True, normalize=normalize, lambda_=lambda_,
+                            top_k=per_model(density, len(models)))
 
 
 @merge_method
