@@ -38,6 +38,27 @@ def test_ties_merge_density_edges():
     close(ta.ties_merge.function(BASE, M1, density=(0.01,)), [3.0, 0.0, 0.0, 0.0])  # at least one entry
 
 
+@pytest.mark.parametrize("chunk", [2, 3, 1 << 20])
+def test_ties_merge_keeps_exactly_k_with_equal_magnitudes_in_index_order(monkeypatch, chunk):
+    # 8 entries, density 0.5: k = 4 -> 3 and 2, then the first two of the four magnitude-1 entries
+    monkeypatch.setattr(ta, "CHUNK", chunk)
+    base = t(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    model = t(1.0, 3.0, -1.0, 0.5, 2.0, 1.0, -1.0, 0.25)
+    close(ta.ties_merge.function(base, model, density=(0.5,)), [1.0, 3.0, -1.0, 0.0, 2.0, 0.0, 0.0, 0.0])
+    close(ta.ties_merge.function(base.reshape(2, 4), model.reshape(2, 4), density=(0.5,)).reshape(-1),
+          [1.0, 3.0, -1.0, 0.0, 2.0, 0.0, 0.0, 0.0])
+    close(ta.ties_merge.function(base, model, density=(0.25,)), [0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0])
+
+
+def test_ties_merge_in_chunks_equals_one_chunk(monkeypatch):
+    base, a, b = randn(5000, seed=1), randn(5000, seed=2), randn(5000, seed=3)
+    whole = ta.ties_merge.function(base, a, b, density=(0.3, 0.6), weight=(1.0, 0.7))
+    monkeypatch.setattr(ta, "CHUNK", 333)
+    assert torch.equal(ta.ties_merge.function(base, a, b, density=(0.3, 0.6), weight=(1.0, 0.7)), whole)
+    kept = (ta.ties_merge.function(base, a, density=(0.3,)) != base).sum().item()
+    assert kept == 1500
+
+
 def test_dare_keeps_density_and_rescales_by_it():
     base, model = torch.zeros(20000, dtype=torch.float64), randn(20000, seed=1)
     result = ta.dare.function(base, model, density=(0.3,), seed=4)
