@@ -42,11 +42,11 @@ def test_sdxl_uses_sgm_names_and_splits_openclips_fused_projection(plugins):
     fused = "conditioner.embedders.1.model.transformer.resblocks.7.attn.in_proj_weight"
     layer = "lora_te2_text_model_encoder_layers_7_"
     assert names.kohya[fused] == tuple(f"{layer}self_attn_{p}_proj" for p in "qkv")
-    assert names.targets[layer + "self_attn_k_proj"] == Target(fused, 1, 3)
+    assert names.targets[layer + "self_attn_k_proj"] == Target(fused, 1280, 1280)
     assert names.targets[layer + "mlp_fc1"].key == "conditioner.embedders.1.model.transformer.resblocks.7.mlp.c_fc.weight"
     clip_l = "conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc2.weight"
     assert names.kohya[clip_l] == ("lora_te1_text_model_encoder_layers_0_mlp_fc2",)
-    assert names.targets["text_encoder_2.text_model.encoder.layers.7.self_attn.v_proj"] == Target(fused, 2, 3)
+    assert names.targets["text_encoder_2.text_model.encoder.layers.7.self_attn.v_proj"] == Target(fused, 2560, 1280)
 
 
 def test_sd3_reads_kohya_and_diffusers_names(plugins):
@@ -55,9 +55,9 @@ def test_sd3_reads_kohya_and_diffusers_names(plugins):
     qkv = root + "joint_blocks.5.x_block.attn.qkv.weight"
     assert names.kohya[qkv] == ("lora_unet_joint_blocks_5_x_block_attn_qkv",)
     for prefix in ("transformer.transformer_blocks.5.attn.", "base_model.model.transformer_blocks.5.attn."):
-        assert [names.targets[prefix + p] for p in ("to_q", "to_k", "to_v")] == [Target(qkv, i, 3) for i in range(3)]
+        assert [names.targets[prefix + p] for p in ("to_q", "to_k", "to_v")] == [Target(qkv, i * 1536, 1536) for i in range(3)]
     context = root + "joint_blocks.5.context_block.attn.qkv.weight"
-    assert names.targets["lora_transformer_transformer_blocks_5_attn_add_v_proj"] == Target(context, 2, 3)
+    assert names.targets["lora_transformer_transformer_blocks_5_attn_add_v_proj"] == Target(context, 3072, 1536)
     assert names.targets["transformer.transformer_blocks.5.attn.to_add_out"].key == \
         root + "joint_blocks.5.context_block.attn.proj.weight"
     last = root + "joint_blocks.23.context_block.adaLN_modulation.1.weight"
@@ -75,6 +75,9 @@ def test_sd3_reads_kohya_and_diffusers_names(plugins):
 @pytest.mark.parametrize("arch", ["sd1", "sdxl", "sd3"])
 def test_every_written_name_is_read_back_to_its_key(plugins, arch):
     names = lora_names(plugins.architectures.get(arch))
+    architecture = plugins.architectures.get(arch)
     for key, modules in names.kohya.items():
-        assert [names.targets[m] for m in modules] == [Target(key, i, len(modules)) for i in range(len(modules))]
+        rows = architecture.key_specs[key].shape[0] // len(modules)
+        expected = [Target(key)] if len(modules) == 1 else [Target(key, i * rows, rows) for i in range(len(modules))]
+        assert [names.targets[m] for m in modules] == expected
     assert set(names.trained) <= names.kohya.keys()

@@ -50,11 +50,10 @@ def add(plan: Any, delta: Any, into: Any, alpha: float, read: Callable[[str], An
     wide = torch.float64 if into.dtype == torch.float64 else torch.float32
     weight = into.view(rows, -1).to(wide)
     change = delta.to(wide)
-    height = plan.pieces[0][0].rows
-    for module, part in plan.pieces:
+    for module, first in plan.pieces:
         if module.dora is None:
             continue
-        index = torch.arange(part * height, (part + 1) * height)
+        index = torch.arange(first, first + module.rows)
         if plan.swap:  # the key holds the module's rows rolled by half
             index = (index + rows // 2) % rows
         base = weight[index]

@@ -4,7 +4,8 @@ For a layer's delta D (a conv weight flattened to ``(out, in * k * k)``), the be
 is U_r S_r V_r^T (Eckart-Young); ``up = U_r sqrt(S_r)`` and ``down = sqrt(S_r) V_r^T`` split the
 singular values evenly so that neither factor under- or overflows in fp16. ``alpha`` is the module's
 rank, so loaders scale by 1. A conv layer becomes a LoCon module (``down`` k x k, ``up`` 1 x 1); a fused
-q/k/v projection is cut into its three row blocks, one module each, as kohya names them.
+q/k/v projection is cut into its row slices, one module each, where the names split it (kohya's for
+OpenCLIP's ``in_proj``; diffusers' for SD3's and FLUX's ``qkv`` and FLUX's ``linear1``, q/k/v/MLP).
 
 With ``format="peft"`` the modules get the diffusers/PEFT names of the architecture (``unet.``,
 ``text_encoder.``, ``transformer.`` + the diffusers path, ``lora_A``/``lora_B``, no alpha: PEFT keeps it
@@ -113,11 +114,11 @@ class LoraEncoder:
         if self.format == "peft" and self.algo != "lora":
             raise MechaError("saving as a LoRA: --lora-format peft writes LoRA modules (lora_A/lora_B); a LoKr is "
                              "written with kohya's names")
+        self.names = names.written(self.format)
+        self.layout_rows = {key: architecture.key_specs[key].shape[0] for key in self.names}
         if self.format == "peft":
-            self.names = dict(names.peft)
             self.metadata: dict[str, str] = lora_file_metadata(architecture, options.get("title"))
         else:
-            self.names = {key: (modules, False) for key, modules in names.kohya.items()}
             args = {"conv_dim": str(self.rank), "conv_alpha": str(self.rank)}
             if self.algo == "lokr":
                 args.update(algo="lokr", factor=str(self.factor))
@@ -126,21 +127,26 @@ class LoraEncoder:
                              "ss_network_args": json.dumps(args),
                              **lora_file_metadata(architecture, options.get("title"))}
 
-    def _modules(self, key: str, shape: tuple[int, ...]) -> tuple[tuple[str, ...], int, bool] | None:
-        """The key's module names, the rows of each, and whether its row halves are swapped in them;
+    def _modules(self, key: str, shape: tuple[int, ...]) -> tuple[list[tuple[str, int, int]], bool] | None:
+        """The key's modules as (name, first row, rows), and whether its row halves are swapped in them;
         None when no LoRA expresses it."""
         found = self.names.get(key)
-        if found is None or len(shape) not in (2, 4) or shape[0] % len(found[0]):
+        if found is None or len(shape) not in (2, 4):
             return None
-        return found[0], shape[0] // len(found[0]), found[1]
+        modules = []
+        for name, target in found:
+            rows = target.slice_of(shape[0], self.layout_rows[key])
+            if rows is None:
+                return None
+            modules.append((name, *rows))
+        return modules, found[0][1].swap
 
     def layout(self, key: str, shape: tuple[int, ...]) -> Layout:
         found = self._modules(key, shape)
         if found is None:
             return []
-        names, rows, _ = found
         layout: Layout = []
-        for name in names:
+        for name, _, rows in found[0]:
             layout += [(f"{name}.{part}", tensor_shape, dtype) for part, tensor_shape, dtype in self._parts(rows, shape)]
         return layout
 
@@ -171,14 +177,14 @@ class LoraEncoder:
         found = self._modules(key, tuple(tensor.shape))
         if found is None:
             return []
-        names, rows, swap = found
+        modules, swap = found
         wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
         matrix = tensor.to(wide).reshape(tensor.shape[0], -1)
         if swap:  # the names' layer holds the key's two row halves in the other order
             matrix = torch.roll(matrix, -(tensor.shape[0] // 2), 0)
         tensors = []
-        for block in range(len(names)):
-            part = matrix[block * rows:(block + 1) * rows]
+        for _, first, rows in modules:
+            part = matrix[first:first + rows]
             tensors += self._lokr(key, part, tensor.shape) if self.algo == "lokr" else self._lora(key, part, tensor.shape)
         return tensors
 

@@ -1,6 +1,6 @@
 """Where the networks a LoRA can target lie in an architecture's keys, found from the key names alone.
 
-A LoRA names its layers relative to one network (a text encoder, a UNet, an MMDiT), whatever file
+A LoRA names its layers relative to one network (a text encoder, a UNet, an MMDiT, a FLUX transformer), whatever file
 layout the checkpoint uses around it. Each merge component of an architecture is searched for the
 telltale module path of a known network; the part of the key before it is the network's *root*
 (``cond_stage_model.transformer.`` for SD1's CLIP). Nothing here depends on a particular
@@ -19,6 +19,7 @@ OPEN_CLIP = "open_clip"  # OpenCLIP text transformer (transformer.resblocks.N...
 T5 = "t5"  # Hugging Face T5EncoderModel (encoder.block.N.layer...)
 LDM_UNET = "ldm_unet"  # the LDM/SGM UNet (input_blocks, middle_block, output_blocks)
 MMDIT = "mmdit"  # SD3's MMDiT in the reference layout (joint_blocks.N.x_block / context_block)
+FLUX = "flux"  # FLUX.1's transformer in Black Forest Labs' layout (double_blocks.N, single_blocks.N)
 TEXT_ENCODERS = (CLIP, OPEN_CLIP, T5)
 
 # The module path that gives each network away; group 1 is the root in front of it.
@@ -28,6 +29,7 @@ _SIGNATURES = (
     (T5, re.compile(r"^(.*?)encoder\.block\.\d+\.layer\.")),
     (LDM_UNET, re.compile(r"^(.*?)input_blocks\.\d+\.")),
     (MMDIT, re.compile(r"^(.*?)joint_blocks\.\d+\.")),
+    (FLUX, re.compile(r"^(.*?)double_blocks\.\d+\.")),
 )
 
 

@@ -61,7 +61,7 @@ def _shape_fits(tensors: Mapping[str, TensorInfo], grouped: Grouped, names: Lora
         except MechaError:
             continue
         spec = architecture.key_specs[target.key].shape
-        if (found.rows, found.columns) == (spec[0] // target.parts, math.prod(spec[1:])):
+        if (found.rows, found.columns) == (target.rows or spec[0], math.prod(spec[1:])):
             fits += 1
     return fits
 

@@ -1,8 +1,8 @@
 """A LoRA opened for an architecture: the checkpoint keys it targets, each key's delta composed on demand.
 
 A module's delta follows its algorithm (:mod:`~mecha_lora.algorithms`: LoRA/LoCon, LoHa, LoKr, full).
-A key made of row blocks (a fused q/k/v projection) is the modules of its blocks stacked, zero where a
-block has none. A delta is computed ROW_BLOCK rows at a time when the scheduler asks for the key (or
+A key made of row slices (a fused q/k/v projection, FLUX's fused q/k/v/MLP ``linear1``) is the modules
+of its slices stacked, zero where a slice has none. A delta is computed ROW_BLOCK rows at a time when the scheduler asks for the key (or
 for a chunk of it: only the rows holding the chunk): composed in float32 and freed with it, or, for
 ``add_difference``, added straight into the merge's buffer. Shapes come from the LoRA's own factors
 (a flat conv factor takes the layer's kernel), checked once when the file is opened.
@@ -35,11 +35,10 @@ ROW_BLOCK = 64  # rows of a product computed per matmul (see LoraSource._product
 
 @dataclasses.dataclass(frozen=True)
 class DeltaPlan:
-    """How one checkpoint key's delta is made: its shape, and the factors of each of its `parts` row blocks."""
+    """How one checkpoint key's delta is made: its shape, and the module of each of its row slices."""
 
     shape: tuple[int, ...]
-    pieces: tuple[tuple[ModuleMath, int], ...]  # (module, row block)
-    parts: int
+    pieces: tuple[tuple[ModuleMath, int], ...]  # (module, its first row in the key), by first row
     swap: bool
 
     @property
@@ -142,15 +141,14 @@ class LoraSource:
     def _pieces(self, plan: DeltaPlan, start: int, stop: int) -> Iterator[tuple[int, ModuleMath | None, int, int]]:
         """Rows [start, stop) of the key's delta as runs of one module's rows: (the run's first row in
         the key, the module or None for a block without one, the module's rows [low, high))."""
-        total, height = plan.shape[0], plan.pieces[0][0].rows
-        by_part = {part: module for module, part in plan.pieces}
+        total = plan.shape[0]
         row = start
         while row < stop:
             # a swapped key is the delta rolled by half its rows: row i is unrolled row (i - half) mod rows
             unrolled = (row - total // 2) % total if plan.swap else row
-            part, low = divmod(unrolled, height)
-            count = min(stop - row, total - unrolled, height - low)
-            yield row, by_part.get(part), low, low + count
+            module, first, end = _holding(plan, unrolled)
+            count = min(stop - row, end - unrolled)
+            yield row, module, unrolled - first, unrolled - first + count
             row += count
 
     def _rows(self, plan: DeltaPlan, start: int, stop: int) -> Any:
@@ -231,17 +229,28 @@ class LoraSource:
     # checks, once per file ------------------------------------------------------------------------
     def _plan(self, key: str, pieces: list[tuple[ModuleMath, Target]], architecture: Architecture) -> DeltaPlan:
         names = ", ".join(module.name for module, _ in pieces)
-        parts = {target.parts for _, target in pieces}
-        blocks = [target.part for _, target in pieces]
-        if len(parts) > 1 or len(set(blocks)) < len(blocks) or len({t.swap for _, t in pieces}) > 1:
-            raise MechaError(f"{self.label}: LoRA modules {names} all target key {key!r} and overlap; a LoRA "
-                             f"holds one module per layer (or one per q/k/v block)")
+        if len({target.swap for _, target in pieces}) > 1:
+            raise MechaError(f"{self.label}: LoRA modules {names} all target key {key!r} in different row orders")
         spec = architecture.key_specs[key].shape
         resolved = [(self._with_kernel(module, key, spec), target) for module, target in pieces]
         first = resolved[0][0]
-        if any((m.rows, m.columns, m.kernel) != (first.rows, first.columns, first.kernel) for m, _ in resolved):
+        if any((m.columns, m.kernel) != (first.columns, first.kernel) for m, _ in resolved):
             raise MechaError(f"{self.label}: LoRA modules {names} are blocks of key {key!r} but their shapes differ")
-        rows = first.rows * parts.pop()
+        placed, heights = [], set()
+        for module, target in resolved:
+            found = target.rows_in(module.rows, spec[0])
+            if found is None:
+                raise MechaError(f"{self.label}: LoRA module {module.name!r} has {module.rows} rows, which fit no "
+                                 f"slice of {target.rows} of key {key!r}'s {spec[0]} rows (or their scale)")
+            placed.append((module, found[0]))
+            heights.add(found[1])
+        if len(heights) > 1:
+            raise MechaError(f"{self.label}: LoRA modules {names} are blocks of key {key!r} but their shapes differ")
+        rows = heights.pop()
+        placed.sort(key=lambda piece: piece[1])
+        if any(low + module.rows > high for (module, low), (_, high) in zip(placed, placed[1:])):
+            raise MechaError(f"{self.label}: LoRA modules {names} all target key {key!r} and overlap; a LoRA "
+                             f"holds one module per layer (or one per q/k/v block)")
         if pieces[0][1].swap and rows % 2:
             raise MechaError(f"{self.label}: module {names} has {rows} rows; its layer {key!r} needs an even count")
         kernel = first.kernel or ()
@@ -255,8 +264,8 @@ class LoraSource:
             shape = (rows, first.columns // math.prod(kernel), *kernel)
         else:
             shape = (rows, first.columns)
-        checked = tuple((dora.checked(module, shape, self.file.tensors, self.label), t.part) for module, t in resolved)
-        return DeltaPlan(shape, checked, pieces[0][1].parts, pieces[0][1].swap)
+        checked = tuple((dora.checked(module, shape, self.file.tensors, self.label), low) for module, low in placed)
+        return DeltaPlan(shape, checked, pieces[0][1].swap)
 
     def _with_kernel(self, module: ModuleMath, key: str, spec: tuple[int, ...]) -> ModuleMath:
         """A module whose factors are flat (``in * k * k`` columns) takes the kernel of its layer."""
@@ -292,6 +301,17 @@ class LoraSource:
         if not math.isfinite(alpha):
             raise MechaError(f"{where}: alpha is {alpha}, expected a finite number")
         return alpha
+
+
+def _holding(plan: DeltaPlan, row: int) -> tuple[ModuleMath | None, int, int]:
+    """The module holding a row of a key's (unrolled) delta, its first row and its end; in a gap between
+    modules None, the row itself and the next module's first row (or the key's end)."""
+    for module, first in plan.pieces:
+        if row < first:
+            return None, row, first
+        if row < first + module.rows:
+            return module, first, first + module.rows
+    return None, row, plan.shape[0]
 
 
 def _bias_key(key: str, architecture: Architecture) -> str | None:
