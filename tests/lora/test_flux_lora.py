@@ -1,0 +1,208 @@
+"""FLUX.1 LoRAs: kohya names (``lora_unet_double_blocks_0_img_attn_qkv``, ``lora_te1_``, ``lora_te3_``) and the
+diffusers/AI-Toolkit/PEFT names, whose separate q/k/v (and a single block's q/k/v/MLP) land in row slices
+of the checkpoint's fused ``qkv`` and ``linear1``. Expected weights are computed here by hand from the
+factors; diffusers' own converter of kohya FLUX LoRAs is the oracle for the name map."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mecha_core as mc
+from mecha_core.tensor_files import SafetensorsFile
+from mecha_core.testing import tiny_model, write_model
+
+ROOT = "model.diffusion_model."
+CLIP = "text_encoders.clip_l.transformer."
+T5 = "text_encoders.t5xxl.transformer."
+H = 16  # the tiny transformer's hidden width: qkv 3H rows, linear1 3H + 4H, final modulation 2H
+
+
+@pytest.fixture
+def flux(plugins):
+    import mecha_flux
+    plugins.register(mecha_flux, "flux")
+    return plugins
+
+
+def randn(*shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def lora_module(name, rows, columns, rank, seed, alpha=None, peft=False):
+    """A LoRA module's tensors and its delta, up @ down * alpha / rank, computed here."""
+    down, up = randn(rank, columns, seed=seed), randn(rows, rank, seed=seed + 1000)
+    tensors = {f"{name}.{'lora_A' if peft else 'lora_down'}.weight": down,
+               f"{name}.{'lora_B' if peft else 'lora_up'}.weight": up}
+    if alpha is not None:
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return tensors, up @ down * ((alpha / rank) if alpha is not None else 1.0)
+
+
+def baked(recipe):
+    return mc.merge(recipe, save_dtype=torch.float32)
+
+
+def assert_baked(result, model, deltas, alpha):
+    """Every key of `result` is the model's plus alpha times its delta (zero for keys without one)."""
+    assert result.keys() == model.keys()
+    for key, tensor in result.items():
+        expected = model[key] + alpha * deltas[key] if key in deltas else model[key]
+        torch.testing.assert_close(tensor, expected, rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_a_kohya_flux_lora_is_detected_and_bakes_into_its_layers(flux, tmp_path):
+    model = tiny_model("flux", seed=1)
+    layers = {"lora_unet_double_blocks_0_img_attn_qkv": ROOT + "double_blocks.0.img_attn.qkv.weight",
+              "lora_unet_double_blocks_18_txt_mod_lin": ROOT + "double_blocks.18.txt_mod.lin.weight",
+              "lora_unet_single_blocks_37_linear1": ROOT + "single_blocks.37.linear1.weight",
+              "lora_unet_final_layer_adaLN_modulation_1": ROOT + "final_layer.adaLN_modulation.1.weight",
+              "lora_unet_txt_in": ROOT + "txt_in.weight",
+              "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": CLIP + "text_model.encoder.layers.0.self_attn.q_proj.weight",
+              "lora_te3_encoder_block_1_layer_1_DenseReluDense_wi_0": T5 + "encoder.block.1.layer.1.DenseReluDense.wi_0.weight"}
+    tensors, deltas = {}, {}
+    for seed, (name, key) in enumerate(layers.items()):
+        rows, columns = model[key].shape
+        module, deltas[key] = lora_module(name, rows, columns, rank=2, seed=seed, alpha=1.0)
+        tensors.update(module)
+    lora = write_model(tensors, tmp_path / "kohya.safetensors")
+    base = write_model(model, tmp_path / "flux.safetensors")
+    assert deltas[ROOT + "single_blocks.37.linear1.weight"].shape == (7 * H, H)
+    assert_baked(baked(mc.add_difference(base, lora, alpha=0.7)), model, deltas, 0.7)
+
+
+def test_a_flux_lora_bakes_into_a_transformer_alone_without_the_prefix(flux, tmp_path):
+    """Most FLUX files hold the transformer alone, as Black Forest Labs names it: the result keeps that."""
+    full = tiny_model("flux", seed=2)
+    model = {key.removeprefix(ROOT): tensor for key, tensor in full.items() if key.startswith(ROOT)}
+    tensors, delta = lora_module("lora_unet_single_blocks_3_linear2", H, 5 * H, rank=3, seed=7, alpha=6.0)
+    lora = write_model(tensors, tmp_path / "l.safetensors")
+    result = baked(mc.add_difference(write_model(model, tmp_path / "flux1-dev.safetensors"), lora))
+    assert_baked(result, model, {"single_blocks.3.linear2.weight": delta}, 1.0)
+
+
+def slices(*blocks):
+    """A key's delta from its row slices, in order; None for a slice without a module (zero rows)."""
+    return torch.cat([torch.zeros(rows, H) if delta is None else delta for rows, delta in blocks])
+
+
+def test_diffusers_names_land_in_row_slices_of_the_fused_layers(flux, tmp_path):
+    model = tiny_model("flux", seed=3)
+    parts = {}
+
+    def module(name, rows, columns=H, seed=0):
+        tensors, delta = lora_module(f"transformer.{name}", rows, columns, rank=2, seed=seed, peft=True)
+        parts.update(tensors)
+        return delta
+
+    single = "single_transformer_blocks.5."
+    k, mlp = module(single + "attn.to_k", H, seed=1), module(single + "proj_mlp", 4 * H, seed=2)
+    out = module(single + "proj_out", H, 5 * H, seed=3)
+    add_v = module("transformer_blocks.2.attn.add_v_proj", H, seed=4)
+    q = module("transformer_blocks.2.attn.to_q", H, seed=5)
+    norm_out = module("norm_out.linear", 2 * H, seed=6)  # diffusers' (scale, shift): the checkpoint's (shift, scale)
+    x_embedder = module("x_embedder", H, 8, seed=7)
+    text, text_delta = lora_module("text_encoder.text_model.encoder.layers.3.mlp.fc1", 32, 8, rank=2, seed=8, peft=True)
+    parts.update(text)
+    deltas = {ROOT + "single_blocks.5.linear1.weight": slices((H, None), (H, k), (H, None), (4 * H, mlp)),
+              ROOT + "single_blocks.5.linear2.weight": out,
+              ROOT + "double_blocks.2.txt_attn.qkv.weight": slices((H, None), (H, None), (H, add_v)),
+              ROOT + "double_blocks.2.img_attn.qkv.weight": slices((H, q), (H, None), (H, None)),
+              ROOT + "final_layer.adaLN_modulation.1.weight": torch.cat([norm_out[H:], norm_out[:H]]),
+              ROOT + "img_in.weight": x_embedder,
+              CLIP + "text_model.encoder.layers.3.mlp.fc1.weight": text_delta}
+    lora = write_model(parts, tmp_path / "ai-toolkit.safetensors")
+    result = baked(mc.add_difference(write_model(model, tmp_path / "flux.safetensors"), lora, alpha=0.5))
+    assert_baked(result, model, deltas, 0.5)
+
+
+def test_loha_lokr_and_full_modules_share_one_fused_layer(flux, tmp_path):
+    """LyCORIS algorithms on slices of ``linear1``: q a full ``diff``, v a LoKr, the MLP a LoHa, k none."""
+    model = tiny_model("flux", seed=4)
+    name = "transformer.single_transformer_blocks.0."
+    diff = randn(H, H, seed=1)
+    w1, w2 = randn(4, 4, seed=2), randn(4, 4, seed=3)
+    hada = {part: randn(*shape, seed=10 + i) for i, (part, shape) in
+            enumerate((("hada_w1_a", (4 * H, 2)), ("hada_w1_b", (2, H)), ("hada_w2_a", (4 * H, 2)), ("hada_w2_b", (2, H))))}
+    tensors = {f"{name}attn.to_q.diff": diff, f"{name}attn.to_v.lokr_w1": w1, f"{name}attn.to_v.lokr_w2": w2,
+               f"{name}attn.to_v.alpha": torch.tensor(1.0),  # whole factors: LyCORIS ignores alpha
+               **{f"{name}proj_mlp.{part}": tensor for part, tensor in hada.items()},
+               f"{name}proj_mlp.alpha": torch.tensor(1.0)}
+    loha = (hada["hada_w1_a"] @ hada["hada_w1_b"]) * (hada["hada_w2_a"] @ hada["hada_w2_b"]) * 0.5  # alpha / rank
+    delta = slices((H, diff), (H, None), (H, torch.kron(w1, w2)), (4 * H, loha))
+    lora = write_model(tensors, tmp_path / "lycoris.safetensors")
+    result = baked(mc.add_difference(write_model(model, tmp_path / "flux.safetensors"), lora))
+    assert_baked(result, model, {ROOT + "single_blocks.0.linear1.weight": delta}, 1.0)
+
+
+def test_kohya_and_diffusers_flux_loras_mix(flux, tmp_path):
+    """A kohya LoRA of a whole ``linear1`` and a diffusers one of its MLP slice, mixed, then baked."""
+    model = tiny_model("flux", seed=5)
+    kohya, whole = lora_module("lora_unet_single_blocks_1_linear1", 7 * H, H, rank=4, seed=1, alpha=2.0)
+    peft, mlp = lora_module("transformer.single_transformer_blocks.1.proj_mlp", 4 * H, H, rank=2, seed=2, peft=True)
+    mix = mc.weighted_sum(write_model(kohya, tmp_path / "a.safetensors"), write_model(peft, tmp_path / "b.safetensors"),
+                          alpha=0.25)
+    result = baked(mc.add_difference(write_model(model, tmp_path / "flux.safetensors"), mix))
+    expected = 0.75 * whole + 0.25 * slices((3 * H, None), (4 * H, mlp))
+    assert_baked(result, model, {ROOT + "single_blocks.1.linear1.weight": expected}, 1.0)
+
+
+def test_mixed_conventions_and_missing_layers_are_refused_by_name(flux, tmp_path):
+    model_path = write_model(tiny_model("flux"), tmp_path / "flux.safetensors")
+    kohya, _ = lora_module("lora_unet_double_blocks_0_img_attn_qkv", 3 * H, H, rank=2, seed=1, alpha=1.0)
+    peft, _ = lora_module("transformer.transformer_blocks.0.attn.to_k", H, H, rank=2, seed=2, peft=True)
+    mixed = write_model({**kohya, **peft}, tmp_path / "mixed.safetensors")
+    with pytest.raises(mc.MechaError, match=r"named in several conventions \(kohya: lora_unet_double_blocks_0_img_attn_qkv; "
+                                            r"diffusers/PEFT: transformer\.transformer_blocks\.0\.attn\.to_k\)"):
+        baked(mc.add_difference(model_path, mixed))
+    typo, _ = lora_module("transformer.single_transformer_blocks.0.attn.to_kk", H, H, rank=2, seed=3, peft=True)
+    good, _ = lora_module("transformer.single_transformer_blocks.0.proj_mlp", 4 * H, H, rank=2, seed=4, peft=True)
+    wrong = write_model({**typo, **good}, tmp_path / "typo.safetensors")
+    with pytest.raises(mc.MechaError, match=r"a LoRA for flux \(1 of 2 modules placed\).*"
+                                            r"module transformer\.single_transformer_blocks\.0\.attn\.to_kk; the nearest "
+                                            r"layer name to .* is 'transformer\.single_transformer_blocks\.0\.attn\.to_k'"):
+        baked(mc.add_difference(model_path, wrong))
+
+
+def read_all(path):
+    with SafetensorsFile(path) as file:
+        return {name: file.read(name).clone() for name in file.tensors}
+
+
+def test_diffusers_converter_of_a_kohya_flux_lora_bakes_the_same(flux, tmp_path):
+    """diffusers converts kohya FLUX LoRAs to its own names (with the real widths: it hard-codes 3072 and
+    the single blocks' q/k/v/MLP split). Read in mecha, the conversion makes the same deltas as the
+    original: q/k/v copies of ``down`` (rank 1), a split of a block-diagonal ``up`` with ``down`` in row
+    blocks (kohya's ``split_qkv``: rank 4 for linear1's 4 slices), the final modulation's halves swapped."""
+    conversion = pytest.importorskip("diffusers.loaders.lora_conversion_utils")
+    width, mlp = 3072, 12288
+    tensors = {}
+    shapes = {"lora_unet_double_blocks_0_img_attn_qkv": (3 * width, width, 1),
+              "lora_unet_double_blocks_0_txt_attn_proj": (width, width, 2),
+              "lora_unet_final_layer_adaLN_modulation_1": (2 * width, width, 1),
+              "lora_unet_img_in": (width, 64, 2),
+              "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768, 2),
+              "lora_te1_text_model_encoder_layers_0_mlp_fc1": (3072, 768, 2)}
+    for seed, (name, (rows, columns, rank)) in enumerate(shapes.items()):
+        # the converter drops the final layer's alpha (its "TODO: alphas"): scale 1 there
+        alpha = rank if "final_layer" in name else rank / 2
+        tensors.update(lora_module(name, rows, columns, rank, seed=seed, alpha=alpha)[0])
+    split = "lora_unet_single_blocks_0_linear1"
+    up = torch.zeros(3 * width + mlp, 4)
+    for block, (first, rows) in enumerate(((0, width), (width, width), (2 * width, width), (3 * width, mlp))):
+        up[first:first + rows, block] = randn(rows, seed=20 + block)
+    tensors.update({f"{split}.lora_down.weight": randn(4, width, seed=30), f"{split}.lora_up.weight": up,
+                    f"{split}.alpha": torch.tensor(2.0)})
+    converted = conversion._convert_kohya_flux_lora_to_diffusers({k: v.clone() for k, v in tensors.items()})
+    # the converter leaves the top-level layers unprefixed; diffusers' loader reads them as the transformer's
+    converted = {name if name.startswith(("transformer.", "text_encoder.")) else f"transformer.{name}": tensor
+                 for name, tensor in converted.items()}
+    assert {"transformer.single_transformer_blocks.0.proj_mlp.lora_A.weight", "transformer.x_embedder.lora_B.weight",
+            "transformer.norm_out.linear.lora_A.weight", "transformer.transformer_blocks.0.attn.to_v.lora_B.weight"} \
+        <= converted.keys()
+    assert converted["transformer.single_transformer_blocks.0.proj_mlp.lora_A.weight"].shape == (1, width)
+    kohya = baked(mc.model(write_model(tensors, tmp_path / "kohya.safetensors"), type="lora", arch="flux"))
+    diffusers = baked(mc.model(write_model(converted, tmp_path / "diffusers.safetensors"), type="lora", arch="flux"))
+    assert diffusers.keys() == kohya.keys() and len(kohya) == 7
+    for key, tensor in kohya.items():
+        torch.testing.assert_close(diffusers[key], tensor, rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
