@@ -206,3 +206,48 @@ def test_diffusers_converter_of_a_kohya_flux_lora_bakes_the_same(flux, tmp_path)
     assert diffusers.keys() == kohya.keys() and len(kohya) == 7
     for key, tensor in kohya.items():
         torch.testing.assert_close(diffusers[key], tensor, rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_flux_names_kohya_and_diffusers(flux, reference):
+    """kohya names every conv/linear layer of the reference FLUX.1-dev layout ``lora_unet_`` + its path, T5's
+    ``lora_te3_``; each written name is read back to its rows; the slices sum to their layers."""
+    from mecha_lora.naming import Target, lora_names
+    names = lora_names(flux.architectures.get("flux"))
+    rows = [line.split("\t") for line in (reference / "flux-dev.tsv").read_text().splitlines()[1:]]
+    layers = {key: tuple(map(int, shape.split(","))) for key, component, _, shape, *_ in rows
+              if component == "diffuser" and key.endswith(".weight") and shape.count(",") == 1}
+    assert {key: names.kohya[key] for key in layers} == \
+        {key: ("lora_unet_" + key.removeprefix(ROOT).removesuffix(".weight").replace(".", "_"),) for key in layers}
+    assert names.kohya[T5 + "encoder.block.0.layer.0.SelfAttention.q.weight"] == \
+        ("lora_te3_encoder_block_0_layer_0_SelfAttention_q",)
+    assert names.kohya[CLIP + "text_model.encoder.layers.0.mlp.fc1.weight"] == ("lora_te1_text_model_encoder_layers_0_mlp_fc1",)
+    linear1 = ROOT + "single_blocks.3.linear1.weight"
+    assert [(name, target) for name, target in names.peft[linear1]] == [
+        ("transformer.single_transformer_blocks.3.attn.to_q", Target(linear1, 0, 3072)),
+        ("transformer.single_transformer_blocks.3.attn.to_k", Target(linear1, 3072, 3072)),
+        ("transformer.single_transformer_blocks.3.attn.to_v", Target(linear1, 6144, 3072)),
+        ("transformer.single_transformer_blocks.3.proj_mlp", Target(linear1, 9216, 12288))]
+    assert names.targets["lora_transformer_single_transformer_blocks_3_proj_mlp"] == Target(linear1, 9216, 12288)
+    assert names.targets["diffusion_model.single_blocks.3.linear1"] == Target(linear1)
+    final = ROOT + "final_layer.adaLN_modulation.1.weight"
+    assert names.targets["transformer.norm_out.linear"] == Target(final, swap=True)
+    assert not names.targets["transformer.transformer_blocks.4.norm1_context.linear"].swap
+    trained = {key for key in names.trained if key.startswith(ROOT)}
+    assert trained == {key for key in layers if ".double_blocks." in key or ".single_blocks." in key}
+
+
+def test_flux_diffusers_names_are_the_linear_layers_of_diffusers_flux_transformer(flux):
+    """The PEFT names mecha reads and writes for the transformer are exactly the linear layers of diffusers'
+    FluxTransformer2DModel (built on the meta device, FLUX.1-dev's config), each as wide as its slice."""
+    diffusers = pytest.importorskip("diffusers")
+    from mecha_lora.naming import lora_names
+    with torch.device("meta"):
+        model = diffusers.FluxTransformer2DModel(guidance_embeds=True)
+    linear = {name: tuple(module.weight.shape) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear)}
+    architecture = flux.architectures.get("flux")
+    names = lora_names(architecture)
+    written = {name.removeprefix("transformer."): (target.rows or architecture.key_specs[key].shape[0],
+                                                    architecture.key_specs[key].shape[1])
+               for key, modules in names.peft.items() if key.startswith(ROOT) for name, target in modules}
+    assert written == linear
