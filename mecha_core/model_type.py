@@ -83,6 +83,8 @@ class ModelType:
     from the command line); ``options["save_dtype"]`` is the merge's save dtype (``float16``...).
     ``save_extras``: (name, help) of further options, each a CLI flag ``--<type>-<name> VALUE``
     (``--lora-format peft`` -> ``{"format": "peft"}``), given with ``--as-<type>`` only.
+    ``save_extras_usage``, when given, checks the extras given on the command line together (name ->
+    value): a one-line message when they do not go together (a usage error, exit 2), None when they do.
     """
 
     name: str
@@ -93,6 +95,7 @@ class ModelType:
     encoder: Callable[[Architecture, Mapping[str, Any]], OutputEncoder] | None = None
     save_option: str | None = None
     save_extras: tuple[tuple[str, str], ...] = ()
+    save_extras_usage: Callable[[Mapping[str, str]], str | None] | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name, "model type")

@@ -159,6 +159,10 @@ def run_merge(args: argparse.Namespace) -> int:
                 print(f"mecha: error: --{name}-{next(iter(extras))} needs --as-{name}", file=sys.stderr)
                 return 2
             continue
+        problem = model_type.save_extras_usage(extras) if model_type.save_extras_usage else None
+        if problem:
+            print(f"mecha: error: {problem}", file=sys.stderr)
+            return 2
         if save_as is not None:
             raise MechaError(f"choose one of --as-{save_as} and --as-{name}")
         save_as = name

@@ -116,6 +116,13 @@ def test_the_command_line_writes_each_format_and_checks_the_options(plugins, mec
         assert any(name.endswith(part) for name in read_all(out))
     result = mecha_cli("merge", recipe, "-o", tmp_path / "x.safetensors", "--lora-format", "peft")
     assert result.status == 2 and "--lora-format needs --as-lora" in result.err
+    for flags in (["--lora-factor", "4"], ["--lora-algo", "lora", "--lora-factor", "4"]):
+        result = mecha_cli("merge", recipe, "-o", tmp_path / "x.safetensors", "--as-lora", "4", *flags)
+        assert result.status == 2, result.err
+        assert result.err.strip() == "mecha: error: --lora-factor needs --lora-algo lokr (it is the Kronecker factor " \
+                                     "of a LoKr)"
+    with pytest.raises(mc.MechaError, match="factor 4 is LoKr's, and the modules written are lora: give algo 'lokr'"):
+        save(mc.model(lora), tmp_path / "x.safetensors", 4, factor=4)
     for flags, message in ((["--lora-format", "comfy"], "format 'comfy' is not one of kohya, peft"),
                            (["--lora-algo", "lokr", "--lora-factor", "0"], "factor '0' is not -1 or a positive"),
                            (["--lora-format", "peft", "--lora-algo", "lokr"], "a LoKr is written with kohya's names")):

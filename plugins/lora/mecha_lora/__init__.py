@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from mecha_core import MergeSpace, ModelType, hookimpl
 
-from .encoder import LoraEncoder
+from .encoder import LoraEncoder, extras_usage
 from .placement import detect
 from .source import LoraSource
 
@@ -27,7 +27,9 @@ LORA = ModelType(
     save_option="rank",
     save_extras=(("format", "kohya (default) or peft: the names written"),
                  ("algo", "lora (default) or lokr: the modules written"),
-                 ("factor", "LoKr's factor, -1 (default: the most balanced split) or a positive number")),
+                 ("factor", "LoKr's factor, -1 (default: the most balanced split) or a positive number; "
+                            "with --lora-algo lokr")),
+    save_extras_usage=extras_usage,
 )
 
 

@@ -97,6 +97,13 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     return best
 
 
+def extras_usage(extras: Mapping[str, str]) -> str | None:
+    """The command line's ``--lora-*`` flags that do not go together: ``--lora-factor`` is LoKr's."""
+    if extras.get("factor") is not None and str(extras.get("algo") or "").strip().lower() != "lokr":
+        return "--lora-factor needs --lora-algo lokr (it is the Kronecker factor of a LoKr)"
+    return None
+
+
 class LoraEncoder:
     """A :class:`mecha_core.OutputEncoder` writing each layer's delta as a LoRA module: kohya names (or
     diffusers/PEFT names, ``format="peft"``), a truncated SVD (or a LoKr, ``algo="lokr"``)."""
@@ -110,6 +117,9 @@ class LoraEncoder:
         self.dtype = str(options.get("save_dtype") or "float16")
         self.format = choice(options, "format", FORMATS)
         self.algo = choice(options, "algo", ALGORITHMS)
+        if options.get("factor") is not None and self.algo != "lokr":
+            raise MechaError(f"saving as a LoRA: factor {options.get('factor')!r} is LoKr's, and the modules written "
+                             f"are {self.algo}: give algo 'lokr' with it (--lora-algo lokr)")
         self.factor = factor_option(options.get("factor"))
         if self.format == "peft" and self.algo != "lora":
             raise MechaError("saving as a LoRA: --lora-format peft writes LoRA modules (lora_A/lora_B); a LoKr is "
