@@ -251,3 +251,42 @@ def test_flux_diffusers_names_are_the_linear_layers_of_diffusers_flux_transforme
                                                     architecture.key_specs[key].shape[1])
                for key, modules in names.peft.items() if key.startswith(ROOT) for name, target in modules}
     assert written == linear
+
+
+def test_a_flux_lora_saved_in_peft_names_splits_the_fused_layers_and_round_trips(flux, tmp_path):
+    """``--lora-format peft`` for FLUX: a merge of two kohya LoRAs written in diffusers' names, fused qkv and
+    linear1 cut into their q/k/v(/MLP) slices (the names of diffusers' linear layers); read back, it makes
+    the deltas of the merge, and saved as kohya again, one module per fused layer."""
+    from mecha_lora.generation import random_lora
+    architecture = flux.architectures.get("flux")
+    paths = [write_model(random_lora(architecture, rank=2, seed=seed), tmp_path / f"l{seed}.safetensors")
+             for seed in (1, 2)]
+    mix = mc.weighted_sum(*paths, alpha=0.25)
+    peft = mc.merge(mix, tmp_path / "peft.safetensors", save_as="lora",
+                    save_options={"rank": 4, "format": "peft"}, save_dtype=torch.float32)
+    saved = read_all(peft)
+    block = "transformer.single_transformer_blocks.7."
+    assert [tuple(saved[f"{block}{name}.lora_B.weight"].shape) for name in ("attn.to_q", "attn.to_k", "attn.to_v",
+                                                                             "proj_mlp")] == [(H, 4)] * 3 + [(4 * H, 4)]
+    assert not any(name.startswith(("lora_", "transformer.single_transformer_blocks.7.linear")) for name in saved)
+    assert {name.split(".")[0] for name in saved} == {"transformer", "text_encoder", "text_encoder_2"}
+    expected = baked(mix)
+    reloaded = baked(mc.model(peft, type="lora", arch="flux"))
+    assert reloaded.keys() == expected.keys()
+    for key, tensor in reloaded.items():
+        torch.testing.assert_close(tensor, expected[key], rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+    kohya = read_all(mc.merge(mc.model(peft, type="lora", arch="flux"), tmp_path / "kohya.safetensors", save_as="lora",
+                              save_options={"rank": 4}, save_dtype=torch.float32))
+    assert kohya["lora_unet_single_blocks_7_linear1.lora_up.weight"].shape == (7 * H, 4)
+    assert "lora_te3_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight" in kohya
+
+
+def test_the_final_modulation_is_saved_with_diffusers_halves(flux, tmp_path):
+    """diffusers' ``norm_out.linear`` holds (scale, shift) where the checkpoint holds (shift, scale)."""
+    tensors, delta = lora_module("lora_unet_final_layer_adaLN_modulation_1", 2 * H, H, rank=2, seed=3, alpha=2.0)
+    lora = mc.model(write_model(tensors, tmp_path / "k.safetensors"), type="lora", arch="flux")
+    saved = read_all(mc.merge(lora, tmp_path / "peft.safetensors", save_as="lora",
+                              save_options={"rank": 2, "format": "peft"}, save_dtype=torch.float32))
+    assert saved.keys() == {"transformer.norm_out.linear.lora_A.weight", "transformer.norm_out.linear.lora_B.weight"}
+    product = saved["transformer.norm_out.linear.lora_B.weight"] @ saved["transformer.norm_out.linear.lora_A.weight"]
+    torch.testing.assert_close(product, torch.cat([delta[H:], delta[:H]]), rtol=1e-4, atol=1e-5)
