@@ -58,8 +58,10 @@ def test_a_kohya_flux_lora_is_detected_and_bakes_into_its_layers(flux, tmp_path)
               "lora_unet_single_blocks_37_linear1": ROOT + "single_blocks.37.linear1.weight",
               "lora_unet_final_layer_adaLN_modulation_1": ROOT + "final_layer.adaLN_modulation.1.weight",
               "lora_unet_txt_in": ROOT + "txt_in.weight",
-              "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": CLIP + "text_model.encoder.layers.0.self_attn.q_proj.weight",
-              "lora_te3_encoder_block_1_layer_1_DenseReluDense_wi_0": T5 + "encoder.block.1.layer.1.DenseReluDense.wi_0.weight"}
+              "lora_te1_text_model_encoder_layers_0_self_attn_q_proj":
+                  CLIP + "text_model.encoder.layers.0.self_attn.q_proj.weight",
+              "lora_te3_encoder_block_1_layer_1_DenseReluDense_wi_0":
+                  T5 + "encoder.block.1.layer.1.DenseReluDense.wi_0.weight"}
     tensors, deltas = {}, {}
     for seed, (name, key) in enumerate(layers.items()):
         rows, columns = model[key].shape
@@ -122,8 +124,8 @@ def test_loha_lokr_and_full_modules_share_one_fused_layer(flux, tmp_path):
     name = "transformer.single_transformer_blocks.0."
     diff = randn(H, H, seed=1)
     w1, w2 = randn(4, 4, seed=2), randn(4, 4, seed=3)
-    hada = {part: randn(*shape, seed=10 + i) for i, (part, shape) in
-            enumerate((("hada_w1_a", (4 * H, 2)), ("hada_w1_b", (2, H)), ("hada_w2_a", (4 * H, 2)), ("hada_w2_b", (2, H))))}
+    shapes = (("hada_w1_a", (4 * H, 2)), ("hada_w1_b", (2, H)), ("hada_w2_a", (4 * H, 2)), ("hada_w2_b", (2, H)))
+    hada = {part: randn(*shape, seed=10 + i) for i, (part, shape) in enumerate(shapes)}
     tensors = {f"{name}attn.to_q.diff": diff, f"{name}attn.to_v.lokr_w1": w1, f"{name}attn.to_v.lokr_w2": w2,
                f"{name}attn.to_v.alpha": torch.tensor(1.0),  # whole factors: LyCORIS ignores alpha
                **{f"{name}proj_mlp.{part}": tensor for part, tensor in hada.items()},
@@ -152,15 +154,15 @@ def test_mixed_conventions_and_missing_layers_are_refused_by_name(flux, tmp_path
     kohya, _ = lora_module("lora_unet_double_blocks_0_img_attn_qkv", 3 * H, H, rank=2, seed=1, alpha=1.0)
     peft, _ = lora_module("transformer.transformer_blocks.0.attn.to_k", H, H, rank=2, seed=2, peft=True)
     mixed = write_model({**kohya, **peft}, tmp_path / "mixed.safetensors")
-    with pytest.raises(mc.MechaError, match=r"named in several conventions \(kohya: lora_unet_double_blocks_0_img_attn_qkv; "
-                                            r"diffusers/PEFT: transformer\.transformer_blocks\.0\.attn\.to_k\)"):
+    with pytest.raises(mc.MechaError, match=r"named in several conventions \(kohya: "
+                       r"lora_unet_double_blocks_0_img_attn_qkv; diffusers/PEFT: transformer\.transformer_blocks\.0\.attn\.to_k\)"):
         baked(mc.add_difference(model_path, mixed))
     typo, _ = lora_module("transformer.single_transformer_blocks.0.attn.to_kk", H, H, rank=2, seed=3, peft=True)
     good, _ = lora_module("transformer.single_transformer_blocks.0.proj_mlp", 4 * H, H, rank=2, seed=4, peft=True)
     wrong = write_model({**typo, **good}, tmp_path / "typo.safetensors")
-    with pytest.raises(mc.MechaError, match=r"a LoRA for flux \(1 of 2 modules placed\).*"
-                                            r"module transformer\.single_transformer_blocks\.0\.attn\.to_kk; the nearest "
-                                            r"layer name to .* is 'transformer\.single_transformer_blocks\.0\.attn\.to_k'"):
+    with pytest.raises(mc.MechaError, match=r"a LoRA for flux \(1 of 2 modules placed\).*module "
+                       r"transformer\.single_transformer_blocks\.0\.attn\.to_kk; the nearest layer name to .* is "
+                       r"'transformer\.single_transformer_blocks\.0\.attn\.to_k'"):
         baked(mc.add_difference(model_path, wrong))
 
 
@@ -220,7 +222,8 @@ def test_flux_names_kohya_and_diffusers(flux, reference):
         {key: ("lora_unet_" + key.removeprefix(ROOT).removesuffix(".weight").replace(".", "_"),) for key in layers}
     assert names.kohya[T5 + "encoder.block.0.layer.0.SelfAttention.q.weight"] == \
         ("lora_te3_encoder_block_0_layer_0_SelfAttention_q",)
-    assert names.kohya[CLIP + "text_model.encoder.layers.0.mlp.fc1.weight"] == ("lora_te1_text_model_encoder_layers_0_mlp_fc1",)
+    assert names.kohya[CLIP + "text_model.encoder.layers.0.mlp.fc1.weight"] == \
+        ("lora_te1_text_model_encoder_layers_0_mlp_fc1",)
     linear1 = ROOT + "single_blocks.3.linear1.weight"
     assert [(name, target) for name, target in names.peft[linear1]] == [
         ("transformer.single_transformer_blocks.3.attn.to_q", Target(linear1, 0, 3072)),
@@ -290,3 +293,12 @@ def test_the_final_modulation_is_saved_with_diffusers_halves(flux, tmp_path):
     assert saved.keys() == {"transformer.norm_out.linear.lora_A.weight", "transformer.norm_out.linear.lora_B.weight"}
     product = saved["transformer.norm_out.linear.lora_B.weight"] @ saved["transformer.norm_out.linear.lora_A.weight"]
     torch.testing.assert_close(product, torch.cat([delta[H:], delta[:H]]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("width", "arch"), [(3072, "flux"), (1536, "sd3")])
+def test_a_diffusers_transformer_lora_is_told_from_sd3_by_its_widths(flux, mecha_cli, tmp_path, width, arch):
+    """``transformer.transformer_blocks.0.attn.to_q`` is a layer of both SD3 and FLUX: the header's shapes decide."""
+    tensors, _ = lora_module("transformer.transformer_blocks.0.attn.to_q", width, width, rank=1, seed=0, peft=True)
+    result = mecha_cli("inspect", write_model(tensors, tmp_path / "q.safetensors"))
+    assert result.status == 0, result.err
+    assert f"architecture: {arch}\n" in result.out and "naming:       diffusers/PEFT" in result.out

@@ -55,7 +55,8 @@ def test_sd3_reads_kohya_and_diffusers_names(plugins):
     qkv = root + "joint_blocks.5.x_block.attn.qkv.weight"
     assert names.kohya[qkv] == ("lora_unet_joint_blocks_5_x_block_attn_qkv",)
     for prefix in ("transformer.transformer_blocks.5.attn.", "base_model.model.transformer_blocks.5.attn."):
-        assert [names.targets[prefix + p] for p in ("to_q", "to_k", "to_v")] == [Target(qkv, i * 1536, 1536) for i in range(3)]
+        expected = [Target(qkv, i * 1536, 1536) for i in range(3)]
+        assert [names.targets[prefix + p] for p in ("to_q", "to_k", "to_v")] == expected
     context = root + "joint_blocks.5.context_block.attn.qkv.weight"
     assert names.targets["lora_transformer_transformer_blocks_5_attn_add_v_proj"] == Target(context, 3072, 1536)
     assert names.targets["transformer.transformer_blocks.5.attn.to_add_out"].key == \

@@ -284,8 +284,8 @@ def _flux(builder: _Builder, net: Network) -> None:
     diffusers = flux_names.diffusers_names({path: spec.shape for path, spec in layers.items()})
     for path, spec in layers.items():
         slices, swap = diffusers.get(path, ((), False))
-        blocks = [(name, Target(spec.name, swap=swap) if rows == spec.shape[0] else Target(spec.name, first, rows, swap))
-                  for name, first, rows in slices]
+        blocks = [(name, Target(spec.name, swap=swap) if rows == spec.shape[0]
+                   else Target(spec.name, first, rows, swap)) for name, first, rows in slices]
         others = [(f"diffusion_model.{path}", Target(spec.name)), *_transformer_names(blocks)]
         builder.layer(spec, ("lora_unet_" + _underscored(path),), others,
                       path.startswith(("double_blocks.", "single_blocks.")),

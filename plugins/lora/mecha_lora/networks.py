@@ -1,7 +1,7 @@
 """Where the networks a LoRA can target lie in an architecture's keys, found from the key names alone.
 
-A LoRA names its layers relative to one network (a text encoder, a UNet, an MMDiT, a FLUX transformer), whatever file
-layout the checkpoint uses around it. Each merge component of an architecture is searched for the
+A LoRA names its layers relative to one network (a text encoder, a UNet, an MMDiT, a FLUX transformer),
+whatever file layout the checkpoint uses around it. Each merge component of an architecture is searched for the
 telltale module path of a known network; the part of the key before it is the network's *root*
 (``cond_stage_model.transformer.`` for SD1's CLIP). Nothing here depends on a particular
 architecture plugin: any architecture built from these networks gets LoRA support.
