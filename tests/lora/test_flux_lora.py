@@ -230,7 +230,9 @@ def test_flux_names_kohya_and_diffusers(flux, reference):
         ("transformer.single_transformer_blocks.3.attn.to_k", Target(linear1, 3072, 3072)),
         ("transformer.single_transformer_blocks.3.attn.to_v", Target(linear1, 6144, 3072)),
         ("transformer.single_transformer_blocks.3.proj_mlp", Target(linear1, 9216, 12288))]
-    assert names.targets["lora_transformer_single_transformer_blocks_3_proj_mlp"] == Target(linear1, 9216, 12288)
+    for name in ("lora_transformer_single_transformer_blocks_3_proj_mlp", "lycoris_single_transformer_blocks_3_proj_mlp",
+                 "base_model.model.single_transformer_blocks.3.proj_mlp"):
+        assert names.targets[name] == Target(linear1, 9216, 12288)
     assert names.targets["diffusion_model.single_blocks.3.linear1"] == Target(linear1)
     final = ROOT + "final_layer.adaLN_modulation.1.weight"
     assert names.targets["transformer.norm_out.linear"] == Target(final, swap=True)
@@ -302,3 +304,28 @@ def test_a_diffusers_transformer_lora_is_told_from_sd3_by_its_widths(flux, mecha
     result = mecha_cli("inspect", write_model(tensors, tmp_path / "q.safetensors"))
     assert result.status == 0, result.err
     assert f"architecture: {arch}\n" in result.out and "naming:       diffusers/PEFT" in result.out
+
+
+def test_a_dora_on_a_slice_renormalises_only_its_rows(flux, tmp_path):
+    """A PEFT DoRA of a single block's ``to_k``: rows H..2H of ``linear1`` become m * (W + D) / norm(W + D)."""
+    model = tiny_model("flux", seed=6)
+    name = "transformer.single_transformer_blocks.4.attn.to_k"
+    tensors, delta = lora_module(name, H, H, rank=2, seed=1, peft=True)
+    magnitude = randn(H, seed=2).abs() + 0.5
+    tensors[f"{name}.lora_magnitude_vector"] = magnitude
+    key = ROOT + "single_blocks.4.linear1.weight"
+    merged = model[key][H:2 * H] + delta
+    changed = magnitude[:, None] * merged / (merged.norm(dim=1, keepdim=True) + torch.finfo(torch.float32).eps)
+    expected = model[key].clone()
+    expected[H:2 * H] = changed
+    lora = write_model(tensors, tmp_path / "dora.safetensors")
+    result = baked(mc.add_difference(write_model(model, tmp_path / "flux.safetensors"), lora))
+    assert_baked(result, model, {key: expected - model[key]}, 1.0)
+
+
+def test_comfyui_flux_names_bake_whole_layers(flux, tmp_path):
+    model = tiny_model("flux", seed=7)
+    tensors, delta = lora_module("diffusion_model.single_blocks.2.linear1", 7 * H, H, rank=2, seed=3, alpha=4.0)
+    lora = write_model(tensors, tmp_path / "comfy.safetensors")
+    result = baked(mc.add_difference(write_model(model, tmp_path / "flux.safetensors"), lora, alpha=0.3))
+    assert_baked(result, model, {ROOT + "single_blocks.2.linear1.weight": delta}, 0.3)
