@@ -4,8 +4,8 @@ A module's delta follows its algorithm (:mod:`~mecha_lora.algorithms`: LoRA/LoCo
 A key made of row slices (a fused q/k/v projection, FLUX's fused q/k/v/MLP ``linear1``) is the modules
 of its slices stacked, zero where a slice has none. A delta is computed ROW_BLOCK rows at a time when the
 scheduler asks for the key (or for a chunk of it: only the rows holding the chunk): composed in float32
-and freed with it, or, for ``add_difference``, added straight into the merge's buffer. Shapes come from the LoRA's own factors
-(a flat conv factor takes the layer's kernel), checked once when the file is opened.
+and freed with it, or, for ``add_difference``, added straight into the merge's buffer. Shapes come from
+the LoRA's own factors (a flat conv factor takes the layer's kernel), checked once when the file is opened.
 
 A DoRA module (``dora_scale``) changes its layer by a rule of the layer's weight (:mod:`~mecha_lora.dora`):
 it is only ever added into a model's weights, whole keys at a time, and reading it as a delta is refused.
