@@ -15,6 +15,11 @@ Only the layer count varies, and it is read from ``num_hidden_layers`` in the ``
 the weights (from the key names when there is no such file): a model missing a layer or a module of
 one is then reported with its missing keys instead of merged short. Shapes are the weights' own, read
 from their header; no table of model sizes exists anywhere.
+
+The count is also what the specialization fixes in an output folder's ``config.json``
+(``output_config``): a merge stacking layer ranges (renamed inputs, mergekit's passthrough slices)
+is specialized to the keys its inputs provide together, from the key names, so its folder says
+its own depth.
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ def specialize(file: Any) -> Architecture | None:
     if not layer_paths:
         return None
     config = read_config(file)
-    count = layer_count(config, layer_paths, str(Path(getattr(file, "path", "")).parent / CONFIG_FILE))
+    count = layer_count(config, layer_paths, str(Path(getattr(file, "path", None) or "").parent / CONFIG_FILE))
     tied = HEAD not in tensors and (config is None or config.get("tie_word_embeddings", True) is not False)
     specs = list(_keys(tensors, count, dict(sorted(modules.items())), tied))
     model_type = config.get("model_type") if config else None
@@ -109,6 +114,7 @@ def specialize(file: Any) -> Architecture | None:
                     COMPONENTS[2]),
         keys=lambda: specs,
         summary=f"decoder-only transformer LLM ({kind}{count} layers{', tied embeddings' if tied else ''})",
+        output_config={"num_hidden_layers": count},
     )
 
 
