@@ -184,12 +184,15 @@ class Architecture:
             return self
         return self.specialize(file)
 
-    def for_keys(self, tensors: Mapping[str, Any], label: str = "<keys>") -> Architecture | None:
+    def for_keys(self, tensors: Mapping[str, Any], label: str = "<keys>",
+                 origins: Mapping[str, tuple[Any, str]] | None = None) -> Architecture | None:
         """The architecture of a model holding exactly `tensors` (name -> ``TensorInfo``): for a
         family, its specialization to those keys alone, with no file beside them to read (no
         ``config.json``). This is the architecture of an output made of renamed inputs (layers of
-        models stacked into a deeper one), whose keys are known before any model of that depth exists."""
-        return self.for_file(KeyTable(dict(tensors), label))
+        models stacked into a deeper one), whose keys are known before any model of that depth exists.
+        `origins` (key -> the opened file it is read from and its name there) lets a family describe
+        the output from its inputs' own settings (the attention type of each stacked layer)."""
+        return self.for_file(KeyTable(dict(tensors), label, dict(origins or {})))
 
     def match(self, tensors: Mapping[str, Any]) -> ArchitectureMatch:
         """How well the keys of a file fit; ``detect`` overrides the default rule."""
@@ -201,10 +204,12 @@ class Architecture:
 @dataclasses.dataclass(frozen=True)
 class KeyTable:
     """A model known only by its keys: what :meth:`Architecture.for_keys` specializes a family to
-    (``tensors`` and ``label`` as a ``TensorFile`` has them; no ``path``, no metadata)."""
+    (``tensors`` and ``label`` as a ``TensorFile`` has them; no ``path``, no metadata), with the
+    ``origins`` of its keys where known (key -> the opened file it is read from, its name there)."""
 
     tensors: Mapping[str, Any]
     label: str
+    origins: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
     path: None = None
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 

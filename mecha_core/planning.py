@@ -18,7 +18,7 @@ from . import dtypes, hyper
 from .architecture import (GENERIC, Architecture, ArchitectureMatch, KeySpec, absent_components, generic_architecture,
                            generic_key_spec, pick_architecture)
 from .errors import MechaError, MergeError, RecipeError, from_signal, suggest, unknown
-from .key_rename import RenamedKeySource, renamed_tensors
+from .key_rename import RenamedKeySource, rename_map, renamed_tensors
 from .method_spec import MethodSpec
 from .model_type import BASE, KeySource, ModelType, OutputEncoder
 from .plugins import Plugins
@@ -484,13 +484,16 @@ def _specialized_to_output(arch: Architecture, leaves: Sequence[Leaf]) -> Archit
     none of the models (7 layers made of models of 4 and 6). The output must then be a whole model of
     the family: a layer no rename provides is refused, naming its keys."""
     tensors: dict[str, Any] = {}
+    origins: dict[str, tuple[TensorFile, str]] = {}
     for leaf in leaves:
-        table = renamed_tensors(leaf.file.tensors, leaf.node.rename, leaf.label) if leaf.node.rename \
-            else leaf.file.tensors
-        for name, info in table.items():
-            tensors.setdefault(name, info)
+        names = rename_map(leaf.file.tensors, leaf.node.rename, leaf.label) if leaf.node.rename \
+            else {name: name for name in leaf.file.tensors}
+        for name, stored in names.items():
+            if name not in tensors:
+                tensors[name] = leaf.file.tensors[stored]
+                origins[name] = (leaf.file, stored)
     label = "the renamed models (" + ", ".join(dict.fromkeys(leaf.label for leaf in leaves)) + ")"
-    concrete = arch.for_keys(tensors, label)
+    concrete = arch.for_keys(tensors, label, origins)
     if concrete is None:
         raise MergeError(f"{label}: the keys they provide together are not a model of the {arch.name} family")
     missing = concrete.match(tensors).missing
