@@ -486,6 +486,8 @@ def _specialized_to_output(arch: Architecture, leaves: Sequence[Leaf]) -> Archit
     tensors: dict[str, Any] = {}
     origins: dict[str, tuple[TensorFile, str]] = {}
     for leaf in leaves:
+        if leaf.type.name != BASE:  # a LoRA's keys are not the output's
+            continue
         names = rename_map(leaf.file.tensors, leaf.node.rename, leaf.label) if leaf.node.rename \
             else {name: name for name in leaf.file.tensors}
         for name, stored in names.items():
