@@ -97,6 +97,11 @@ class Architecture:
     ``keep_spelling`` says the keys' aliases are packagings (a transformer saved without its
     ``model.diffusion_model.`` prefix), not outdated names: a merge's output then spells every key
     as that model does, instead of under the name listed first.
+
+    ``output_config`` holds the settings of the model's Hugging Face ``config.json`` that the
+    architecture itself fixes (a family's specialization: an LLM's ``num_hidden_layers``). A merge
+    written as a model folder sets them in the config it copies, so the output's config describes
+    the output's own keys: a model stacking the layers of shallower ones says its own depth.
     """
 
     name: str
@@ -109,6 +114,7 @@ class Architecture:
     model_spec: Mapping[str, str] = dataclasses.field(default_factory=dict)
     optional_components: tuple[str, ...] = ()
     keep_spelling: bool = False
+    output_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_name(self.name, "architecture")
@@ -178,11 +184,34 @@ class Architecture:
             return self
         return self.specialize(file)
 
+    def for_keys(self, tensors: Mapping[str, Any], label: str = "<keys>",
+                 origins: Mapping[str, tuple[Any, str]] | None = None) -> Architecture | None:
+        """The architecture of a model holding exactly `tensors` (name -> ``TensorInfo``): for a
+        family, its specialization to those keys alone, with no file beside them to read (no
+        ``config.json``). This is the architecture of an output made of renamed inputs (layers of
+        models stacked into a deeper one), whose keys are known before any model of that depth exists.
+        `origins` (key -> the opened file it is read from and its name there) lets a family describe
+        the output from its inputs' own settings (the attention type of each stacked layer)."""
+        return self.for_file(KeyTable(dict(tensors), label, dict(origins or {})))
+
     def match(self, tensors: Mapping[str, Any]) -> ArchitectureMatch:
         """How well the keys of a file fit; ``detect`` overrides the default rule."""
         if self.detect is not None:
             return self.detect(self, tensors)
         return match_by_keys(self, tensors)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyTable:
+    """A model known only by its keys: what :meth:`Architecture.for_keys` specializes a family to
+    (``tensors`` and ``label`` as a ``TensorFile`` has them; no ``path``, no metadata), with the
+    ``origins`` of its keys where known (key -> the opened file it is read from, its name there)."""
+
+    tensors: Mapping[str, Any]
+    label: str
+    origins: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
+    path: None = None
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def match_by_keys(architecture: Architecture, tensors: Mapping[str, Any]) -> ArchitectureMatch:

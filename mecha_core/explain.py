@@ -535,9 +535,10 @@ class _Explainer:
 
 
 def _identity(leaf: Leaf) -> tuple[Any, ...]:
-    """What makes two leaves one model: the same file (or dict) read as the same type."""
+    """What makes two leaves one model: the same file (or dict) read as the same type under the same
+    names (layers of one file renamed to two places of a stacked model are two inputs)."""
     where = str(leaf.path.resolve()) if leaf.path is not None else id(leaf.node.source)
-    return (where, leaf.type.name, leaf.arch_name)
+    return (where, leaf.type.name, leaf.arch_name, leaf.node.rename)
 
 
 def _post_order(root: Op) -> list[Op]:

@@ -184,7 +184,9 @@ def merge(recipe: RecipeNode | str | os.PathLike[str], output: str | os.PathLike
     `output` is a model folder (Hugging Face layout: shards of at most `max_shard_size`, default
     5GB, their index, and the config and tokenizer files of the fallback model, else of the first
     model that has them) when it ends with ``/``, is an existing folder, or `max_shard_size` is
-    given for a name without ``.safetensors``.
+    given for a name without ``.safetensors``. The copied ``config.json`` gets the saved dtype and
+    the settings the merge's architecture fixes (``Architecture.output_config``: the layer count of
+    an LLM stacked from layer ranges).
     """
     return merge_with_report(recipe, output, **options)[0]
 
@@ -231,7 +233,8 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         if folder:
             out = OutputFolder(target, layout, metadata, inputs=inputs, max_shard_size=shard_size,
                                companions_from=_companions_source(plan) if plan.encoder is None else None,
-                               config_updates={"torch_dtype": plan.options.save_dtype})
+                               config_updates={**plan.architecture.output_config,
+                                               "torch_dtype": plan.options.save_dtype})
         else:
             out = OutputFile(target, layout, metadata, inputs=inputs)
         with out:

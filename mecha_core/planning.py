@@ -18,7 +18,7 @@ from . import dtypes, hyper
 from .architecture import (GENERIC, Architecture, ArchitectureMatch, KeySpec, absent_components, generic_architecture,
                            generic_key_spec, pick_architecture)
 from .errors import MechaError, MergeError, RecipeError, from_signal, suggest, unknown
-from .key_rename import RenamedKeySource, renamed_tensors
+from .key_rename import RenamedKeySource, rename_map, renamed_tensors
 from .method_spec import MethodSpec
 from .model_type import BASE, KeySource, ModelType, OutputEncoder
 from .plugins import Plugins
@@ -455,10 +455,13 @@ def _settle_architecture(leaves: Sequence[Leaf], plugins: Plugins, notes: list[s
 
 def _specialized(arch: Architecture, leaves: Sequence[Leaf]) -> Architecture:
     """A family's architecture for this merge: its specialization to the first model of it; the
-    others must have the same blocks (the same layer count, say)."""
+    others must have the same blocks (the same layer count, say). When models are renamed, the
+    specialization to the keys they provide together (see :func:`_specialized_to_output`)."""
     if not arch.is_family:
         return arch
     mine = [leaf for leaf in leaves if leaf.arch_name == arch.name]
+    if any(leaf.node.rename for leaf in mine):
+        return _specialized_to_output(arch, mine)
     concrete = [(leaf, arch.for_file(leaf.file)) for leaf in mine]
     first_leaf, first = concrete[0]
     for leaf, other in concrete:
@@ -473,6 +476,34 @@ def _specialized(arch: Architecture, leaves: Sequence[Leaf]) -> Architecture:
                                  f"{len(other.component(component.name).blocks)}")
     assert first is not None
     return first
+
+
+def _specialized_to_output(arch: Architecture, leaves: Sequence[Leaf]) -> Architecture:
+    """A family for a merge of renamed models (layer ranges of models stacked into another model):
+    specialized to the keys the models provide together, under their new names, since the output is
+    none of the models (7 layers made of models of 4 and 6). The output must then be a whole model of
+    the family: a layer no rename provides is refused, naming its keys."""
+    tensors: dict[str, Any] = {}
+    origins: dict[str, tuple[TensorFile, str]] = {}
+    for leaf in leaves:
+        if leaf.type.name != BASE:  # a LoRA's keys are not the output's
+            continue
+        names = rename_map(leaf.file.tensors, leaf.node.rename, leaf.label) if leaf.node.rename \
+            else {name: name for name in leaf.file.tensors}
+        for name, stored in names.items():
+            if name not in tensors:
+                tensors[name] = leaf.file.tensors[stored]
+                origins[name] = (leaf.file, stored)
+    label = "the renamed models (" + ", ".join(dict.fromkeys(leaf.label for leaf in leaves)) + ")"
+    concrete = arch.for_keys(tensors, label, origins)
+    if concrete is None:
+        raise MergeError(f"{label}: the keys they provide together are not a model of the {arch.name} family")
+    missing = concrete.match(tensors).missing
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise MergeError(f"{label}: together they provide no value for {len(missing)} keys of the {arch.name} "
+                         f"model they make: {shown}; rename= must cover every layer of the output")
+    return concrete
 
 
 def _bind(recipe: RecipeNode, leaves: Mapping[int, Leaf], plugins: Plugins) -> Op:

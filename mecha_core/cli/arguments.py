@@ -1,5 +1,5 @@
-"""Command-line arguments ``mecha merge`` and ``mecha explain`` share: a recipe (a file, or ``-`` for
-standard input) and a number of megabytes. Below both command modules.
+"""Command-line arguments ``mecha merge`` and ``mecha explain`` share: a recipe (a file, a plugin's
+recipe format, or ``-`` for standard input) and a number of megabytes. Below both command modules.
 """
 
 from __future__ import annotations
@@ -7,11 +7,15 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..errors import MechaError
+from ..plugins import get_plugins
 from ..recipe import RecipeNode
 from ..recipe_format import deserialize
+from ..recipe_formats import format_for, read_with
 
 
 def read_recipe(argument: str) -> RecipeNode:
@@ -38,3 +42,16 @@ def megabytes(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of megabytes, got {text!r}")
     return value
+
+
+def read_recipe_file(argument: str) -> tuple[RecipeNode | Path, Mapping[str, Any]]:
+    """The recipe and the merge options its file sets: a plugin's format (by suffix), else a ``.mecha``
+    file, given to merge() as a path so that the output may not replace it."""
+    if argument == "-":
+        return read_recipe("-"), {}
+    plugins = get_plugins()
+    found = format_for(Path(argument), plugins.recipe_formats.values())
+    if found is None:
+        return recipe_path(argument), {}
+    read = read_with(found, recipe_path(argument), plugins.provider("recipe_formats", found.name).label)
+    return read.recipe, read.options

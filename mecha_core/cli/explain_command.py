@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import MechaError
 from ..plugins import Plugins
 from ..recipe import ModelNode, RecipeNode
-from .arguments import megabytes, read_recipe, recipe_path
+from .arguments import megabytes, read_recipe_file, recipe_path
 
 
 def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
@@ -19,7 +19,8 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
         description="Read the models' headers only (never their tensors) and show the recipe as it resolves, "
                     "the plan (keys merged, copied, dropped; bytes read and written; peak memory), each "
                     "model's share per component and block, and the warnings the merge would print.")
-    parser.add_argument("recipe", help="the .mecha recipe file ('-' reads standard input)")
+    parser.add_argument("recipe", help="the .mecha recipe file ('-' reads standard input), or a file of a plugin's "
+                                       "recipe format (a mergekit configuration)")
     parser.add_argument("--models-dir", action="append", metavar="DIR",
                         help="folder where model names are looked up (repeatable)")
     parser.add_argument("--threads", type=int, metavar="N", help="worker threads the merge would use")
@@ -45,25 +46,29 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    # a recipe file stays a path, so that neither the picture nor the graph may replace it
-    recipe = read_recipe("-") if args.recipe == "-" else recipe_path(args.recipe)
+    # a .mecha file stays a path, so that neither the picture nor the graph may replace it; a file of a
+    # plugin's recipe format (a mergekit configuration) is read with the merge options it sets
+    recipe, file_options = read_recipe_file(args.recipe)
+    given = {"drop": args.drop or None, "fallback_model": ModelNode(args.fallback) if args.fallback else None}
+    options = {**file_options, **{k: v for k, v in given.items() if v is not None}}
+    inputs = [] if args.recipe == "-" or isinstance(recipe, Path) else [recipe_path(args.recipe)]
     return show(recipe, as_json=args.json, plot=args.plot, plot_size=args.plot_size, graph=args.graph,
-                models_dir=args.models_dir, threads=args.threads, drop=args.drop,
-                memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None,
-                fallback_model=ModelNode(args.fallback) if args.fallback else None)
+                inputs=inputs, models_dir=args.models_dir, threads=args.threads,
+                memory_budget=int(args.memory_budget * 2**20) if args.memory_budget else None, **options)
 
 
 def show(recipe: RecipeNode | Path, *, as_json: bool = False, plot: str | None = None,
-         plot_size: tuple[int, int] | None = None, graph: str | None = None, **options: Any) -> int:
+         plot_size: tuple[int, int] | None = None, graph: str | None = None, inputs: list[Path] | None = None,
+         **options: Any) -> int:
     """Explain `recipe` (a recipe, or a recipe file) with merge `options`, print it, and write the
-    picture and graph asked for."""
+    picture and graph asked for, over none of `inputs` (the recipe's file)."""
     from ..explain import explain
     from ..explain_render import render_dot, render_json, render_text
     from ..output_file import write_text_atomically
     if plot is not None:
         _check_plot_target(plot)
     explanation = explain(recipe, **options)
-    inputs = [recipe] if isinstance(recipe, Path) else []
+    inputs = list(inputs or []) + ([recipe] if isinstance(recipe, Path) else [])
     if plot is not None:
         from ..explain_plot import plot_shares
         plot_shares(explanation, plot, plot_size, inputs=inputs)

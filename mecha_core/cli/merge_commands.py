@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,8 @@ from ..planning import KeyPlan, MergePlan
 from ..plugins import Plugins, get_plugins
 from ..recipe import ModelNode, RecipeNode, compose, resolve_model_path
 from ..recipe_format import deserialize, serialize
-from ..recipe_formats import format_for, read_with
 from .allocator import keep_freed_memory
-from .arguments import megabytes, read_recipe, recipe_path
+from .arguments import megabytes, read_recipe, read_recipe_file
 
 
 def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -> None:
@@ -126,19 +124,6 @@ class _ModelsDirOfCompose(argparse.Action):
 ZERO_ZERO_COMPOSE_OUTPUT = "merge.mecha"
 
 
-def _read_recipe_file(argument: str) -> tuple[RecipeNode | Path, Mapping[str, Any]]:
-    """The recipe and the merge options its file sets: a plugin's format (by suffix), else a ``.mecha``
-    file, given to merge() as a path so that the output may not replace it."""
-    if argument == "-":
-        return read_recipe("-"), {}
-    plugins = get_plugins()
-    found = format_for(Path(argument), plugins.recipe_formats.values())
-    if found is None:
-        return recipe_path(argument), {}
-    read = read_with(found, recipe_path(argument), plugins.provider("recipe_formats", found.name).label)
-    return read.recipe, read.options
-
-
 def _default_output(recipe: str) -> Path:
     if recipe == "-":
         return Path("merge.safetensors")
@@ -146,7 +131,7 @@ def _default_output(recipe: str) -> Path:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    recipe, file_options = _read_recipe_file(args.recipe)
+    recipe, file_options = read_recipe_file(args.recipe)
     save_as = None
     save_options: dict[str, Any] = {}
     for name in args.save_types:

@@ -101,3 +101,41 @@ def test_block_and_class_values_win_over_class_and_block(mecha_plugins, tmp_path
     assert merged["m.layers.0.q.weight"][0] == 0.75  # block
     with pytest.raises(mc.MechaError, match="unknown block/class key 'generic_model_block_m_layers_0_class_r'"):
         mc.merge(mc.weighted_sum(a, b, alpha={"generic_model_block_m_layers_0_class_r": 1.0}))
+
+
+def _toy_family() -> mc.Architecture:
+    """A family of `layers(...)` models: one block per layer, counted from the key names, and the
+    count in its output_config (what an output folder's config.json is given)."""
+    def specialize(file):
+        count = 1 + max(int(name.split(".")[2]) for name in file.tensors if name.startswith("m.layers."))
+        blocks = tuple(f"l{i}" for i in range(count))
+        specs = [mc.KeySpec(f"m.layers.{i}.w", (2, 2), component="body", blocks=(f"l{i}",)) for i in range(count)]
+        specs.append(mc.KeySpec("m.head", (2,), component="body"))
+        origin = [stored for _, stored in getattr(file, "origins", {}).values()]
+        return mc.Architecture("toy", (mc.Component("body", blocks),), keys=lambda: specs,
+                               output_config={"depth": count, "read": sorted(origin)})
+    return mc.Architecture("toy", (mc.Component("body"),), keys=lambda: (), specialize=specialize)
+
+
+def test_a_family_merge_of_renamed_models_is_specialized_to_the_keys_they_make(mecha_plugins, tmp_path):
+    import json
+    import mecha_methods
+    mecha_plugins.register(mecha_methods, "methods")
+    mecha_plugins.register(as_plugin(_toy_family()), "toy")
+    for name, values in (("a", (1, 2)), ("b", (3, 4, 5))):
+        (tmp_path / name).mkdir()
+        write_model(layers(*values), tmp_path / name / "model.safetensors")
+        (tmp_path / name / "config.json").write_text(json.dumps({"depth": len(values), "kept": name}))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    stacked = mc.linear(mc.model(a, rename="m.layers.{0..1}.>m.layers.{0..1}."),
+                        mc.model(b, rename="m.layers.{1..2}.>m.layers.{2..3}., m.head"))
+    # l3 is a block of the output only: a has 2 layers, b 3
+    merged = mc.merge(mc.weighted_sum(stacked, stacked, alpha=mc.blocks("toy", "body", l3=1.0)), f"{tmp_path / 'out'}/")
+    config = json.loads((merged / "config.json").read_text())
+    assert config["depth"] == 4 and config["kept"] == "a"
+    assert config["read"] == ["m.head", "m.layers.0.w", "m.layers.1.w", "m.layers.1.w", "m.layers.2.w"]
+    tensors = mc.merge(stacked, None)
+    assert [float(tensors[f"m.layers.{i}.w"][0, 0]) for i in range(4)] == [1, 2, 4, 5]
+    gap = mc.linear(mc.model(a, rename="m.layers.0."), mc.model(b, rename="m.layers.{1..2}.>m.layers.{2..3}., m.head"))
+    with pytest.raises(mc.MergeError, match=r"no value for 1 keys of the toy model they make: m\.layers\.1\.w"):
+        mc.merge(gap, None)

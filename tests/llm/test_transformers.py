@@ -23,7 +23,7 @@ FAMILIES = {  # model_type -> extra config
 
 def save_random(folder, model_type, seed, **extra):
     """A random model built from its config and saved by transformers in several shards; its state dict."""
-    config = transformers.AutoConfig.for_model(model_type, **DIMS, **FAMILIES[model_type], **extra)
+    config = transformers.AutoConfig.for_model(model_type, **{**DIMS, **FAMILIES[model_type], **extra})
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder, max_shard_size="8KB")
@@ -87,3 +87,33 @@ def test_a_half_precision_merge_says_so_in_its_config_and_keeps_the_tokenizer(pl
     assert loaded("hello merge world")["input_ids"] == [1, 3, 2]
     ids = torch.tensor([[1, 3, 2]])
     assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_layers_of_models_of_different_depths_stack_into_a_folder_transformers_loads(plugins, tmp_path, model_type):
+    """Layers 0-3 of a 4-layer model, then 3-5 of a 6-layer one: a 7-layer model whose config.json says
+    so, with each layer's attention type (Gemma 3 lists them: five sliding layers, then a full one)."""
+    a = save_random(tmp_path / "a", model_type, seed=1, num_hidden_layers=4)
+    b = save_random(tmp_path / "b", model_type, seed=2, num_hidden_layers=6)
+    recipe = mc.deserialize(f'''version 1
+model "{tmp_path / 'a'}" rename="model.embed_tokens, model.layers.{{0..3}}.>model.layers.{{0..3}}."
+model "{tmp_path / 'b'}" rename="model.layers.{{3..5}}.>model.layers.{{4..6}}., model.norm, lm_head"
+merge "linear" &0 &1
+''')
+    mc.merge(recipe, f"{tmp_path / 'out'}/", save_dtype="fp32")
+    model = load(tmp_path / "out")
+    assert model.config.num_hidden_layers == 7 and len(model.model.layers) == 7
+    config_a = json.loads((tmp_path / "a" / "config.json").read_text())
+    config_b = json.loads((tmp_path / "b" / "config.json").read_text())
+    if "layer_types" in config_b:
+        assert config_b["layer_types"][5] != config_b["layer_types"][4]
+        assert model.config.layer_types == config_a["layer_types"][:4] + config_b["layer_types"][3:]
+    merged = model.state_dict()
+    for name, tensor in a.items():
+        if name.startswith("model.layers.") or name == "model.embed_tokens.weight":
+            torch.testing.assert_close(merged[name], tensor, rtol=0, atol=0, msg=name)
+    for j in range(3, 6):
+        for name in (n for n in b if n.startswith(f"model.layers.{j}.")):
+            torch.testing.assert_close(merged[name.replace(f"layers.{j}.", f"layers.{j + 1}.")], b[name], rtol=0, atol=0)
+    torch.testing.assert_close(merged["model.norm.weight"], b["model.norm.weight"], rtol=0, atol=0)
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()

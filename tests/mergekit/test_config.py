@@ -50,7 +50,7 @@ base_model: @base
     (TIES.replace("@a", "@a+lora"), "model+lora) is not supported yet"),
     ("models: [{model: @a}, {model: @b}]\nslices: []\nmerge_method: linear\n", "give exactly one of models and slices"),
     ("slices:\n  - sources:\n      - {model: @a, layer_range: [0, 9]}\nmerge_method: passthrough\n",
-     "has 4 layers, the layer_range asks for 0..9"),
+     "slices[0].sources[0]: model "),
     ("slices:\n  - sources:\n      - {model: @a, layer_range: [0, 2]}\n      - {model: @b, layer_range: [0, 3]}\n"
      "merge_method: linear\n", "every source of a slice must span the same number of layers"),
     ("models: [{model: @a}, {model: @b}]\nmerge_method: passthrough\n", "merge_method passthrough takes exactly 1 model, got 2"),

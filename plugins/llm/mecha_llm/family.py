@@ -15,6 +15,12 @@ Only the layer count varies, and it is read from ``num_hidden_layers`` in the ``
 the weights (from the key names when there is no such file): a model missing a layer or a module of
 one is then reported with its missing keys instead of merged short. Shapes are the weights' own, read
 from their header; no table of model sizes exists anywhere.
+
+The count is also what the specialization fixes in an output folder's ``config.json``
+(``output_config``): a merge stacking layer ranges (renamed inputs, mergekit's passthrough slices)
+is specialized to the keys its inputs provide together, from the key names, so its folder says
+its own depth, and each layer's ``layer_types`` entry (sliding or full attention) is the one of the
+layer it comes from.
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ def specialize(file: Any) -> Architecture | None:
     if not layer_paths:
         return None
     config = read_config(file)
-    count = layer_count(config, layer_paths, str(Path(getattr(file, "path", "")).parent / CONFIG_FILE))
+    count = layer_count(config, layer_paths, str(Path(getattr(file, "path", None) or "").parent / CONFIG_FILE))
     tied = HEAD not in tensors and (config is None or config.get("tie_word_embeddings", True) is not False)
     specs = list(_keys(tensors, count, dict(sorted(modules.items())), tied))
     model_type = config.get("model_type") if config else None
@@ -109,7 +115,43 @@ def specialize(file: Any) -> Architecture | None:
                     COMPONENTS[2]),
         keys=lambda: specs,
         summary=f"decoder-only transformer LLM ({kind}{count} layers{', tied embeddings' if tied else ''})",
+        output_config=_output_config(file, count),
     )
+
+
+def _output_config(file: Any, count: int) -> dict[str, Any]:
+    """What an output folder's ``config.json`` must say of this model: its layer count and, for a
+    model stacked from layers of others, each layer's attention type (``layer_types``, which recent
+    ``transformers`` requires to list every layer) as the model it comes from had it."""
+    config: dict[str, Any] = {"num_hidden_layers": count}
+    types = _stacked_layer_types(getattr(file, "origins", None) or {}, count)
+    if types is not None:
+        config["layer_types"] = types
+    return config
+
+
+def _stacked_layer_types(origins: Mapping[str, tuple[Any, str]], count: int) -> list[Any] | None:
+    """Each layer's entry of ``layer_types`` in the config of the model it is read from (`origins`:
+    key -> the opened file and the key's name there); None unless every layer's model lists it."""
+    first: dict[int, tuple[Any, str]] = {}
+    for name, origin in origins.items():
+        found = LAYER.match(name)
+        if found:
+            first.setdefault(int(found.group(1)), origin)
+    configs: dict[int, dict[str, Any] | None] = {}
+    types = []
+    for index in range(count):
+        if index not in first:
+            return None
+        source, stored = first[index]
+        if id(source) not in configs:
+            configs[id(source)] = read_config(source)
+        listed = (configs[id(source)] or {}).get("layer_types")
+        found = LAYER.match(stored)
+        if not isinstance(listed, list) or found is None or int(found.group(1)) >= len(listed):
+            return None
+        types.append(listed[int(found.group(1))])
+    return types
 
 
 def _keys(tensors: Mapping[str, TensorInfo], count: int, modules: Mapping[str, TensorInfo],

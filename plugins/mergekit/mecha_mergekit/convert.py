@@ -6,6 +6,11 @@ output slice from its sources' layer ranges: every source is read through a rena
 renumbered to their place in the output, plus the embeddings for the first slice and the other
 non-layer keys (final norm, head) for the last, as mergekit takes them; the slices' merges provide
 disjoint keys and ``linear`` of them joins them (a key present in one input is that input).
+
+The output has the slices' layers together, whatever the depths of the models they come from (a
+passthrough of 4 layers of one model and 3 of another makes 7): block values are named in the
+output's architecture, specialized to the output's keys, as mecha specializes the merge itself
+(and a model folder output's ``config.json`` gets that layer count).
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mecha_core import MechaError, ReadRecipe, RecipeNode, get_plugins, model
+from mecha_core import KeySpec, ReadRecipe, RecipeNode, TensorInfo, get_plugins, model
 
 from .config import MergekitConfig, Slice, Source, load_config
-from .layout import ModelLayout, read_layout
+from .layout import GENERIC, ModelLayout, output_specs, read_layout
 from .methods import JOINS, METHODS, OPTIONAL, REQUIRED, MethodMap
 from .names import unknown
 from .settings import encode, lookup
@@ -46,13 +51,7 @@ def to_recipe(config: MergekitConfig) -> RecipeNode:
             layouts[name] = read_layout(name, str(config.path))
         return layouts[name]
 
-    builder = _SliceBuilder(config, method, layout)
-    offset = 0
-    nodes = []
-    for index, out_slice in enumerate(config.slices):
-        node, length = builder.build(out_slice, index, offset)
-        nodes.append(node)
-        offset += length
+    nodes = _SliceBuilder(config, method, layout).build()
     if len(nodes) == 1:
         return nodes[0]
     return _method("linear")(*nodes)
@@ -103,60 +102,110 @@ class _Input:
     names: dict[str, str]  # output key -> the key read from this model
 
 
+@dataclasses.dataclass
+class _OutputSlice:
+    """One output slice, placed: its sources and where its layers go in the output."""
+
+    index: int
+    slice: Slice
+    sources: list[Source]
+    offset: int  # its first layer in the output
+    length: int  # how many layers it makes
+    positions: dict[str, float]  # output key -> t (its place in the slice's layers, for gradients)
+
+
 class _SliceBuilder:
     def __init__(self, config: MergekitConfig, method: MethodMap, layout: Any) -> None:
         self.config = config
         self.method = method
         self.layout = layout
+        self.specs: dict[str, KeySpec] = {}  # every output key's group in the output's architecture
+        self.dtypes: dict[str, str] = {}  # output key -> the dtype of the key it is read from
+        self.arch = GENERIC
 
-    def build(self, out_slice: Slice, index: int, offset: int) -> tuple[RecipeNode, int]:
-        """The merge of one output slice, and how many layers it makes."""
+    def build(self) -> list[RecipeNode]:
+        """The merge of every output slice. The slices are placed first: the output, whose layer count
+        is theirs together, is specialized to its own keys before any value is named by block."""
+        placed, tensors, offset = [], {}, 0
+        for index, out_slice in enumerate(self.config.slices):
+            item, table = self._place(out_slice, index, offset)
+            placed.append(item)
+            tensors.update(table)
+            offset += item.length
+        first = self.layout(placed[0].sources[0].model)
+        self.arch = first.arch
+        where = f"{self.config.path}: the output ({offset} layers)"
+        self.specs = output_specs(first.arch, tensors, where)
+        self.dtypes = {key: info.torch_dtype_name for key, info in tensors.items()}
+        return [self._build(item) for item in placed]
+
+    def _place(self, out_slice: Slice, index: int, offset: int) -> tuple[_OutputSlice, dict[str, TensorInfo]]:
+        """Where a slice's layers go, and the output keys it makes with the tensors they are read from."""
         config = self.config
-        where = f"slices[{index}]" if config.uses_slices else "models"
         base_name = out_slice.base_model or config.base_model
         sources = list(out_slice.sources)
         if not config.uses_slices and base_name is not None and all(s.model != base_name for s in sources):
             sources.append(Source(base_name, {}))  # mergekit adds the base as one more model
+        for number, source in enumerate(sources):
+            self._check_range(source, index, number)
         first = self.layout(sources[0].model)
         if config.uses_slices:
             start, stop = sources[0].layer_range  # type: ignore[misc]
             length = stop - start
         else:
             start, length = 0, first.num_layers
-        positions = self._positions(first, start, length, offset, index)
-        inputs = [self._input(source, positions, offset, length, index) for source in sources]
-        node = self._merge(inputs, base_name, positions, where, out_slice)
-        return node, length
+        positions, table = self._positions(first, start, length, offset, index)
+        return _OutputSlice(index, out_slice, sources, offset, length, positions), table
 
-    def _positions(self, first: ModelLayout, start: int, length: int, offset: int, index: int) -> dict[str, float]:
-        """Output key -> t, for the keys this slice makes (named after the first source's keys)."""
+    def _check_range(self, source: Source, index: int, number: int) -> None:
+        if source.layer_range is None:
+            return
+        layout = self.layout(source.model)
+        start, stop = source.layer_range
+        if stop > layout.num_layers:
+            raise self.config.error(f"slices[{index}].sources[{number}]: model {source.model} has "
+                                    f"{layout.num_layers} layers (0..{layout.num_layers - 1}); layer_range "
+                                    f"[{start}, {stop}] asks for layers up to {stop - 1}")
+
+    def _build(self, item: _OutputSlice) -> RecipeNode:
+        """The merge of one placed output slice."""
+        where = f"slices[{item.index}]" if self.config.uses_slices else "models"
+        inputs = [self._input(source, item) for source in item.sources]
+        base_name = item.slice.base_model or self.config.base_model
+        return self._merge(inputs, base_name, item.positions, where, item.slice)
+
+    def _positions(self, first: ModelLayout, start: int, length: int, offset: int,
+                   index: int) -> tuple[dict[str, float], dict[str, TensorInfo]]:
+        """Output key -> t, for the keys this slice makes (named after the first source's keys), and
+        output key -> the first source's tensor it is read from."""
         last = len(self.config.slices) - 1
         with_pre = not self.config.uses_slices or index == 0
         with_post = not self.config.uses_slices or index == last
         outer = first.outer_keys()
         positions: dict[str, float] = {k: 0.0 for k in outer if _is_pre(k) and with_pre}
+        table = {k: first.tensors[k] for k in positions}
         for j in range(length):
             t = j / (length - 1) if length > 1 else 1.0
             for key in first.layer_keys(start + j):
-                positions[_renumber(key, first.layer_prefix, offset + j)] = t
-        positions.update((k, 0.0) for k in outer if not _is_pre(k) and with_post)
-        return positions
+                renamed = _renumber(key, first.layer_prefix, offset + j)
+                positions[renamed] = t
+                table[renamed] = first.tensors[key]
+        for key in outer:
+            if not _is_pre(key) and with_post:
+                positions[key] = 0.0
+                table[key] = first.tensors[key]
+        return positions, table
 
-    def _input(self, source: Source, positions: Mapping[str, float], offset: int, length: int,
-               index: int) -> _Input:
+    def _input(self, source: Source, item: _OutputSlice) -> _Input:
         layout = self.layout(source.model)
         if not self.config.uses_slices:
-            return _Input(source, model(source.model), {k: k for k in positions})
-        start = source.layer_range[0]  # type: ignore[index]
-        if start + length > layout.num_layers:
-            raise self.config.error(f"slices[{index}]: {source.model} has {layout.num_layers} layers, the "
-                                    f"layer_range asks for {start}..{start + length}")
+            return _Input(source, model(source.model), {k: k for k in item.positions})
+        start, offset, length = source.layer_range[0], item.offset, item.length  # type: ignore[index]
         prefix = layout.layer_prefix
         rules = [f"{prefix}{{{start}..{start + length - 1}}}.>{prefix}{{{offset}..{offset + length - 1}}}."]
-        outer = [k for k in layout.outer_keys() if k in positions]
-        rules += outer
+        rules += [k for k in layout.outer_keys() if k in item.positions]
         names = {}
-        for key in positions:
+        for key in item.positions:
             layer = layout.layer_of(key)
             names[key] = key if layer is None else _renumber(key, prefix, layer - offset + start)
         return _Input(source, model(source.model, rename=", ".join(rules)), names)
@@ -197,23 +246,17 @@ class _SliceBuilder:
         own = [source.parameters] if source is not None else []
         return own + [out_slice.parameters, self.config.parameters]
 
-    def _merged_keys(self, positions: Mapping[str, float], layout: ModelLayout) -> list[str]:
-        keys = []
-        for key in positions:
-            spec = layout.spec(key)
-            if spec is None:
-                raise self.config.error(f"output key {key!r} is not a key of architecture {layout.arch}; slices "
-                                        f"that make a deeper model than their inputs run with passthrough only")
-            if spec.merged and layout.dtypes.get(key, "float32") in ("float16", "bfloat16", "float32", "float64"):
-                keys.append(key)
-        return keys
+    def _merged_keys(self, positions: Mapping[str, float]) -> list[str]:
+        return [key for key in positions if self.specs[key].merged
+                and self.dtypes[key] in ("float16", "bfloat16", "float32", "float64")]
 
     def _hypers(self, others: Sequence[_Input], positions: Mapping[str, float], out_slice: Slice) -> dict[str, Any]:
         method = self.method
-        layout = self.layout(others[0].source.model)
-        keys = self._merged_keys(positions, layout)
-        specs = {k: layout.spec(k) for k in keys}
-        prefix_of = layout.hyper_prefix
+        keys = self._merged_keys(positions)
+        specs = {k: self.specs[k] for k in keys}
+
+        def prefix_of(spec: KeySpec) -> str:
+            return f"{self.arch}_{spec.component}"
 
         def encoded(values: dict[str, Any], what: str) -> Any:
             return encode(values, specs, prefix_of, f"{self.config.path}: {what}")  # type: ignore[arg-type]

@@ -2,10 +2,11 @@
 
 mergekit resolves gradients and filters per tensor; a mecha recipe gives values by component, block
 and class. To translate one into the other, the converter evaluates mergekit's value for every key
-and writes it under the key's group: the architecture's when one claims the file (``llm``:
-components ``embed``, ``layers``, ``lm_head``, blocks ``layer0..``), else the generic
+of the output and writes it under the key's group in the output's architecture: the architecture
+claiming the models, specialized to the output's keys (``llm``: components ``embed``, ``layers``,
+``lm_head``, blocks ``layer0..layerN-1`` for an output of N layers), else the generic
 architecture's, whose rule (block: the path to the first index; class: the rest, without indices and
-``.weight``/``.bias``) is the core's own, repeated here for the renamed keys of slices.
+``.weight``/``.bias``) is the core's own.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import dataclasses
 import re
 from collections import Counter
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from mecha_core import KeySpec, MechaError, generic_key_spec, get_plugins, open_tensor_file
+from mecha_core import KeySpec, MechaError, TensorInfo, generic_key_spec, get_plugins, open_tensor_file
 
 GENERIC = "generic"
 _LAYER = re.compile(r"^(.*?\.)(\d+)\.(.+)$")
@@ -24,15 +26,20 @@ _LAYER = re.compile(r"^(.*?\.)(\d+)\.(.+)$")
 
 @dataclasses.dataclass(frozen=True)
 class ModelLayout:
-    """A model's keys, its layer prefix (``model.layers.``), layer count and the architecture's key specs."""
+    """A model's tensors, its layer prefix (``model.layers.``), layer count and architecture."""
 
     path: str
-    keys: tuple[str, ...]
-    dtypes: dict[str, str]
+    tensors: dict[str, TensorInfo]
     layer_prefix: str
     num_layers: int
     arch: str
-    specs: dict[str, KeySpec]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.tensors)
+
+    def dtype(self, key: str) -> str:
+        return self.tensors[key].torch_dtype_name
 
     def layer_of(self, key: str) -> int | None:
         """The layer index of a key, None for keys outside the layers (embeddings, final norm, head)."""
@@ -49,17 +56,8 @@ class ModelLayout:
         return [k for k in self.keys if self.layer_of(k) is None]
 
     def common_float_dtype(self) -> str | None:
-        counts = Counter(d for d in self.dtypes.values() if d in ("float16", "bfloat16", "float32"))
+        counts = Counter(d for d in map(self.dtype, self.keys) if d in ("float16", "bfloat16", "float32"))
         return counts.most_common(1)[0][0] if counts else None
-
-    def spec(self, key: str) -> KeySpec | None:
-        """How mecha groups `key` (a key of the output); None when the architecture does not know it."""
-        if self.arch == GENERIC:
-            return generic_spec(key)
-        return self.specs.get(key)
-
-    def hyper_prefix(self, spec: KeySpec) -> str:
-        return f"{self.arch}_{spec.component}"
 
 
 def read_layout(model: str, where: str) -> ModelLayout:
@@ -71,7 +69,7 @@ def read_layout(model: str, where: str) -> ModelLayout:
     file = open_tensor_file(path)
     try:
         tensors = dict(file.tensors)
-        arch, specs = _architecture(file)
+        arch = _architecture(file)
     finally:
         file.close()
     found = Counter(m.group(1) for m in map(_LAYER.match, tensors) if m)
@@ -79,19 +77,32 @@ def read_layout(model: str, where: str) -> ModelLayout:
         raise MechaError(f"{where}: model {model!r} has no numbered layers (keys like model.layers.0.*)")
     prefix = found.most_common(1)[0][0]
     layers = {int(m.group(2)) for m in map(_LAYER.match, tensors) if m and m.group(1) == prefix}
-    return ModelLayout(str(model), tuple(tensors), {k: v.torch_dtype_name for k, v in tensors.items()}, prefix,
-                       max(layers) + 1, arch, specs)
+    return ModelLayout(str(model), tensors, prefix, max(layers) + 1, arch)
 
 
-def _architecture(file: Any) -> tuple[str, dict[str, KeySpec]]:
-    """The registered architecture that claims the file (its keys specialized to it), else generic."""
+def _architecture(file: Any) -> str:
+    """The name of the registered architecture that claims the file (a family specialized to it), else generic."""
     plugins = get_plugins()
     for name in plugins.architectures:
-        arch = plugins.architectures.get(name)
-        concrete = arch.for_file(file)  # a family (the LLMs) specialized to this model
-        if concrete is not None and concrete.match(file.tensors).matches:  # type: ignore[attr-defined]
-            return name, dict(concrete.key_specs)
-    return GENERIC, {}
+        concrete = plugins.architectures.get(name).for_file(file)
+        if concrete is not None and concrete.match(file.tensors).matches:
+            return name
+    return GENERIC
+
+
+def output_specs(arch: str, tensors: Mapping[str, TensorInfo], where: str) -> dict[str, KeySpec]:
+    """How mecha groups the keys of the output, whose tensors are `tensors` (output key -> the info of
+    the key it is read from). A slice configuration's output is none of its models (7 layers stacked
+    from models of 4 and 6); the merge specializes the architecture to the keys the renamed inputs
+    provide together, and so does this, so the recipe names the output's own blocks."""
+    if arch == GENERIC:
+        return {key: generic_spec(key) for key in tensors}
+    concrete = get_plugins().architectures.get(arch).for_keys(tensors, where)
+    missing = concrete.match(tensors).missing if concrete is not None else ()
+    if concrete is None or missing:
+        detail = f"; it lacks {', '.join(missing[:3])}" if missing else ""
+        raise MechaError(f"{where}: the slices do not make a whole model of architecture {arch}{detail}")
+    return dict(concrete.key_specs)
 
 
 def generic_spec(key: str) -> KeySpec:
