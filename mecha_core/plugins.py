@@ -26,6 +26,7 @@ from . import hookspecs
 from .architecture import Architecture
 from .cli_command import CliCommand
 from .errors import PluginError, from_signal, unknown
+from .executor_spec import Executor
 from .method_spec import MethodSpec
 from .model_type import ModelType
 from .recipe_format_spec import RecipeFormat
@@ -101,6 +102,7 @@ HOOKS: dict[str, tuple[str, str, type]] = {
     "model_types": ("mecha_model_types", "model type", ModelType),
     "cli_commands": ("mecha_cli_commands", "CLI command", CliCommand),
     "recipe_formats": ("mecha_recipe_formats", "recipe format", RecipeFormat),
+    "executors": ("mecha_executors", "executor", Executor),
 }
 
 
@@ -139,6 +141,10 @@ class Plugins:
     @property
     def recipe_formats(self) -> Registry[RecipeFormat]:
         return self._registry("recipe_formats")
+
+    @property
+    def executors(self) -> Registry[Executor]:
+        return self._registry("executors")
 
     def _registry(self, attribute: str) -> Registry[Any]:
         with self._lock:

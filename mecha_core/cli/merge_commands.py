@@ -59,6 +59,10 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                        help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
     merge.add_argument("--max-shard-size", metavar="SIZE", help="largest shard of a model folder output: 5GB "
                                                                 "(default), 500MB, 2GiB...; implies a folder output")
+    merge.add_argument("--executor", metavar="NAME", help="what runs the merge: local (default: threads in this "
+                                                          "process), ray (mecha-ray: a Ray cluster)...")
+    merge.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster to run on (auto, or the head's "
+                                                                "host:port); implies --executor ray")
     merge.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     merge.add_argument("--store-model-paths", action="store_true",
                        help="store the models' paths as the recipe gives them in the output's recipe (default: "
@@ -183,7 +187,9 @@ def run_merge(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     keep_freed_memory()
     _, report = merge_with_report(recipe, output, **options, progress=progress.update, on_plan=progress.start,
-                                   max_shard_size=args.max_shard_size)
+                                   max_shard_size=args.max_shard_size,
+                                   executor=args.executor or ("ray" if args.ray_address else None),
+                                   executor_options={"address": args.ray_address} if args.ray_address else None)
     progress.close()
     elapsed = time.perf_counter() - started
     for note in report.notes:
