@@ -167,6 +167,9 @@ def run_merge(args: argparse.Namespace) -> int:
             raise MechaError(f"choose one of --as-{save_as} and --as-{name}")
         save_as = name
         save_options = {model_type.save_option: value, **extras}
+    if args.ray_address and args.executor not in (None, "ray"):  # a usage error: exit 2, as argparse's
+        print(f"mecha: error: --ray-address runs on ray; it cannot go with --executor {args.executor}", file=sys.stderr)
+        return 2
     output = args.output if args.output else _default_output(args.recipe)
     given = {  # the command line wins over the options the recipe file sets
         "work_dtype": args.work_dtype and dtypes.parse(args.work_dtype, dtypes.WORK_DTYPES, "work dtype"),

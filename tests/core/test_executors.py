@@ -78,6 +78,9 @@ def test_the_cli_takes_an_executor_and_the_config_file_one(plugins, models, mech
     assert result.status == 1 and "pip install mecha-ray" in result.err and "Traceback" not in result.err
     result = mecha_cli("merge", models / "r.mecha", "-o", models / "out.safetensors", "--ray-address", "auto")
     assert result.status == 1 and "pip install mecha-ray" in result.err
+    result = mecha_cli("merge", models / "r.mecha", "-o", models / "out.safetensors", "--ray-address", "auto",
+                       "--executor", "local")
+    assert result.status == 2 and "--ray-address runs on ray" in result.err
     config = tmp_path / "config.toml"
     config.write_text('executor = "ray"\n')
     monkeypatch.setenv("MECHA_CONFIG", str(config))
