@@ -107,11 +107,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_cluster(port: int) -> subprocess.Popen[bytes]:
-    """A head node of 2 CPUs, as a child process (``--block``); returns once it accepts connections."""
+def start_cluster(port: int, temp_dir: str) -> subprocess.Popen[bytes]:
+    """A head node of 2 CPUs, as a child process (``--block``); returns once it accepts connections.
+    Its files go to `temp_dir`, so that it leaves no "current cluster" in /tmp/ray for later
+    ``ray.init()`` calls on this machine to find."""
     ray = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--include-dashboard=false", "--object-store-memory=1000000000"],
+                             "--include-dashboard=false", "--object-store-memory=1000000000",
+                             f"--temp-dir={temp_dir}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -158,7 +161,8 @@ def bench(data: Path, repeat: int, *, smoke: bool) -> None:
     scenarios = [("SD1 n_average, 8 inputs, one file", sd1, eight, data / "ray-out.safetensors", []),
                  ("LLM ties_merge, 3 models, folder", ties, llm, data / "ray-out", ["--max-shard-size", shard])]
     port = free_port()
-    head = start_cluster(port)
+    temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")  # short: Ray's socket paths must fit
+    head = start_cluster(port, temp_dir)
     rows = []
     try:
         for name, recipe, inputs, output, extra in scenarios:
@@ -179,6 +183,7 @@ def bench(data: Path, repeat: int, *, smoke: bool) -> None:
     finally:
         head.terminate()  # its SIGTERM handler stops the cluster's processes
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     print("| merge | local | ray (2 workers) | ray / local |\n|---|---|---|---|")
     print("\n".join(rows))
 

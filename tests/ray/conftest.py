@@ -9,7 +9,8 @@ import pytest
 def ray_cluster():
     ray = pytest.importorskip("ray")
     pytest.importorskip("mecha_ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    # a cluster of its own ("local"), whatever other cluster this machine runs or ran
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
     yield ray
     ray.shutdown()
 
