@@ -10,17 +10,18 @@ Every registered merge method is an attribute of this package (and of ``mecha_co
 
 ``__all__`` is the whole API, for scripts and plugins alike: a plugin imports from ``mecha_core``
 the names listed there (modules among them: ``dtypes``, ``keyspecs``, ``random_models``,
-``methods``) and the test kit ``mecha_core.testing``, nothing else (a test keeps it so).
+``methods``, ``executors``) and the test kit ``mecha_core.testing``, nothing else (a test keeps it so).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import dtypes, keyspecs, methods, random_models
+from . import dtypes, executors, keyspecs, methods, random_models
 from .architecture import Architecture, ArchitectureMatch, Component, KeySpec, generic_key_spec
 from .cli_command import CliCommand
 from .errors import MechaError, MergeError, ModelFileError, PluginError, RecipeError, RecipeSyntaxError
+from .executor_spec import Executor
 from .explain import Explanation, explain
 from .hookspecs import hookimpl
 from .hyper import blocks, classes, default
@@ -40,14 +41,14 @@ from .tensor_files import SafetensorsFile, TensorFile, TensorInfo
 __version__ = "0.1.0"
 
 __all__ = [
-    "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "Explanation", "KeySource", "KeySpec",
-    "MechaError", "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace", "ModelFileError",
-    "ModelNode", "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError", "Plugins",
-    "ReadRecipe", "RecipeError", "RecipeFormat", "RecipeNode", "RecipeSyntaxError", "Same", "SafetensorsFile",
-    "TensorFile", "TensorInfo", "Weight", "blocks", "classes", "compose", "default", "deserialize", "dtypes",
-    "explain", "generic_key_spec", "get_plugins", "hookimpl", "keyspecs", "load_plugins", "merge", "merge_method",
-    "methods", "model", "open_tensor_file", "parameter", "random_models", "save_tensors", "serialize",
-    "set_plugins", "using_plugins",
+    "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "Executor", "Explanation", "KeySource",
+    "KeySpec", "MechaError", "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace",
+    "ModelFileError", "ModelNode", "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError",
+    "Plugins", "ReadRecipe", "RecipeError", "RecipeFormat", "RecipeNode", "RecipeSyntaxError", "Same",
+    "SafetensorsFile", "TensorFile", "TensorInfo", "Weight", "blocks", "classes", "compose", "default",
+    "deserialize", "dtypes", "executors", "explain", "generic_key_spec", "get_plugins", "hookimpl", "keyspecs",
+    "load_plugins", "merge", "merge_method", "methods", "model", "open_tensor_file", "parameter", "random_models",
+    "save_tensors", "serialize", "set_plugins", "using_plugins",
 ]
 
 

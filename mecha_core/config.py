@@ -5,6 +5,7 @@
     device = "cpu"
     work_dtype = "fp32"
     save_dtype = "fp16"
+    executor = "local"           # or "ray" (mecha-ray), for every merge
 
 Precedence: command-line flags (or arguments of the Python API) > ``MECHA_MODELS_DIR`` (folders
 separated by ``os.pathsep``) > the config file > built-in defaults. ``MECHA_CONFIG`` points at
@@ -42,6 +43,7 @@ class Config:
     device: str = "cpu"
     work_dtype: str = "float32"
     save_dtype: str = "float16"
+    executor: str = "local"
     path: str | None = None
 
 
@@ -64,7 +66,7 @@ def load_config(path: Path | None = None) -> Config:
         data = tomllib.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise MechaError(f"config {path}: not valid TOML: {error}") from None
-    fields = {"models_dirs", "threads", "device", "work_dtype", "save_dtype"}
+    fields = {"models_dirs", "threads", "device", "work_dtype", "save_dtype", "executor"}
     for key in data:
         if key not in fields:
             raise MechaError(f"config {path}: unknown setting {key!r}; {suggest(key, fields, what='setting')}")
@@ -74,6 +76,7 @@ def load_config(path: Path | None = None) -> Config:
         device=_string(data.get("device", "cpu"), path, "device"),
         work_dtype=_dtype(data.get("work_dtype", "fp32"), path, "work_dtype", dtypes.WORK_DTYPES),
         save_dtype=_dtype(data.get("save_dtype", "fp16"), path, "save_dtype", dtypes.SAVE_DTYPES),
+        executor=_string(data.get("executor", "local"), path, "executor"),
         path=str(path),
     )
 

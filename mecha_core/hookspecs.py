@@ -20,6 +20,7 @@ import pluggy
 if TYPE_CHECKING:
     from .architecture import Architecture
     from .cli_command import CliCommand
+    from .executor_spec import Executor
     from .merge_method import MergeMethod
     from .model_type import ModelType
     from .recipe_format_spec import RecipeFormat
@@ -75,4 +76,14 @@ def mecha_recipe_formats() -> Iterable[RecipeFormat]:
         @hookimpl
         def mecha_recipe_formats():
             return [RecipeFormat("mergekit", (".yml", ".yaml"), read_config)]
+    """
+
+
+@hookspec
+def mecha_executors() -> Iterable[Executor]:
+    """Executors: ``mecha_core.Executor`` objects (what runs a planned merge: ``merge(executor=NAME)``).
+
+        @hookimpl
+        def mecha_executors():
+            return [Executor("ray", "a Ray cluster", run_on_ray)]
     """

@@ -16,6 +16,8 @@ from typing import Any
 from . import config as config_module
 from . import dtypes
 from .errors import MechaError, unknown
+from .executor_spec import Executor, LiveMerge
+from .executors import find_executor, make_job
 from .model_spec import model_spec_metadata
 from .output_file import OutputFile
 from .output_folder import DEFAULT_MAX_SHARD_SIZE, OutputFolder, is_folder_output, parse_size
@@ -23,7 +25,7 @@ from .planning import MergeOptions, MergePlan, check_device, plan_merge
 from .plugins import Plugins, get_plugins
 from .recipe import ModelNode, RecipeNode, as_node, draw_random_seeds, transform
 from .recipe_format import deserialize, serialize
-from .scheduler import DictSink, Progress, Sink, run_plan
+from .scheduler import DictSink, Progress, Sink
 from .spaces import MergeSpace
 
 NONFINITE_MODES = ("warn", "fail", "skip", "ignore")
@@ -81,6 +83,9 @@ class MergeSettings:
     - `layout` names the model (as the recipe does) whose packaging the output keeps when an
       architecture has optional parts (a FLUX.1 transformer alone or with its text encoders and VAE);
       the first model by default. `save_dtype_all` converts copied keys (a VAE) to `save_dtype` too.
+    - `executor` runs the planned merge: ``local`` (a thread pool here; the default, else the config
+      file's ``executor``) or one a plugin provides (``ray``, from mecha-ray), given
+      `executor_options` (``{"address": "ray://head:10001"}``).
     - `plugins`: the plugin set that reads the recipe and runs the merge (None: ``get_plugins()``).
 
     Adding an option is a change here only: a field with its default, a line above, and its use,
@@ -106,6 +111,8 @@ class MergeSettings:
     strict: bool = True
     layout: Any = None
     save_dtype_all: bool = False
+    executor: str | None = None
+    executor_options: Mapping[str, Any] | None = None
     plugins: Plugins | None = None
 
     @classmethod
@@ -208,6 +215,7 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
     if title is not None:
         settings = dataclasses.replace(settings, save_options={"title": title, **(settings.save_options or {})})
     merge_options = settings.resolve()
+    executor = find_executor(settings.executor or config_module.load_config().executor, plugins.executors)
     plan = plan_merge(node, merge_options, plugins)
     try:
         if output is not None and plan.root.space != MergeSpace.WEIGHT and plan.encoder is None:
@@ -218,8 +226,9 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         merged = sum(1 for k in plan.keys if k.merge)
         if output is None:
             sink = DictSink(layout)
-            _run(plan, _Respelled(sink, plan.spellings), settings.progress)
-            _check_inputs_unchanged(plan)
+            _execute(executor, node, settings,
+                     LiveMerge(plan, _Respelled(sink, plan.spellings), None, settings.progress))
+            plan.check_inputs_unchanged()
             report = MergeReport(None, merged, len(plan.keys) - merged, 0, plan.notes)
             return sink.tensors, report
         target = Path(output)
@@ -238,8 +247,9 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         else:
             out = OutputFile(target, layout, metadata, inputs=inputs)
         with out:
-            _run(plan, _Respelled(_FileSink(out), plan.spellings), settings.progress)
-            _check_inputs_unchanged(plan)
+            _execute(executor, node, settings,
+                     LiveMerge(plan, _Respelled(_FileSink(out), plan.spellings), out, settings.progress))
+            plan.check_inputs_unchanged()
             out.commit()
         return target, MergeReport(target, merged, len(plan.keys) - merged, out.total_size, plan.notes)
     finally:
@@ -264,14 +274,6 @@ def _recipe_files(recipe: RecipeNode | str | os.PathLike[str]) -> list[Path]:
     if isinstance(recipe, os.PathLike) or (isinstance(recipe, str) and "\n" not in recipe and os.path.isfile(recipe)):
         return [Path(recipe)]
     return []
-
-
-def _check_inputs_unchanged(plan: MergePlan) -> None:
-    """Refuse a result read from a model that changed during the merge (see SafetensorsFile.check_unchanged)."""
-    for leaf in plan.leaves + ([plan.fallback] if plan.fallback else []):
-        check = getattr(leaf.file, "check_unchanged", None)
-        if check is not None:
-            check()
 
 
 def _companions_source(plan: MergePlan) -> Path | None:
@@ -369,5 +371,5 @@ class _Respelled(Sink):
         self.sink.write(self.spellings.get(name, name), tensor, start_element)
 
 
-def _run(plan: MergePlan, sink: Sink, progress: Progress | None) -> None:
-    run_plan(plan, sink, threads=plan.options.threads, progress=progress)
+def _execute(executor: Executor, node: RecipeNode, settings: MergeSettings, live: LiveMerge) -> None:
+    executor.run(make_job(live.plan, live.output, settings.executor_options or {}, node), live)

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import threading
@@ -34,9 +35,12 @@ from .errors import MechaError
 from .input_guard import FileId, file_id, identities, refuse_writing_over_inputs
 
 TEMP_SUFFIX = ".mecha-tmp"
+PARTS_SUFFIX = ".mecha-parts"  # a folder of the parts other processes write of one output
+COPY_BLOCK = 8 << 20
 READABLE_HEADER_BYTES = 100_000_000  # the safetensors library refuses a longer header (mecha reads up to 100 MiB)
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
-_TEMP_NAME = re.compile(r"\.[^/]*\.([0-9a-f]{8})-([0-9]+)-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
+_TEMP_NAME = re.compile(r"\.[^/]*\.([0-9a-f]{8})-([0-9]+)-[0-9a-f]{8}(" + re.escape(TEMP_SUFFIX) + "|"
+                        + re.escape(PARTS_SUFFIX) + ")")
 _committed: list[Path] = []  # every output renamed into place by this process, in order
 
 
@@ -133,6 +137,22 @@ class OutputFile:
         except OSError as error:
             raise self._write_error(error) from None
 
+    def copy_data_from(self, source: str | os.PathLike[str], source_offset: int, data_offset: int, length: int) -> None:
+        """Copy `length` bytes of another file, from `source_offset`, to `data_offset` of the data
+        section: an executor joining parts of this file that other machines wrote as files of their own."""
+        if self._fd is None or self._direct is None:
+            raise MechaError(f"{self.path}: the output was closed")
+        try:
+            fd = os.open(source, os.O_RDONLY)
+        except OSError as error:
+            raise MechaError(f"cannot read the part {str(source)!r}: {error.strerror}") from None
+        try:
+            _copy_range(fd, self._fd, source_offset, len(self.header) + data_offset, length)
+        except OSError as error:
+            raise self._write_error(error) from None
+        finally:
+            os.close(fd)
+
     def _write_buffered(self, data: memoryview, offset: int) -> None:
         # one buffered write at a time: the kernel serialises them on the file anyway (the inode
         # lock), and a worker waiting there spins on its core; waiting here, it sleeps and the
@@ -204,6 +224,27 @@ class OutputFile:
             self.abort()
 
 
+def _copy_range(source: int, target: int, source_offset: int, target_offset: int, length: int) -> None:
+    """Copy bytes between two open files: ``os.copy_file_range`` (in the kernel, or on the file
+    server for NFS 4.2), else read and write where the file systems cannot."""
+    while length > 0:
+        try:
+            copied = os.copy_file_range(source, target, min(length, 1 << 30), source_offset, target_offset)
+        except (AttributeError, OSError) as error:
+            if isinstance(error, OSError) and error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                                                  errno.EOPNOTSUPP, errno.EBADF):
+                raise
+            copied = 0
+        if copied <= 0:
+            block = os.pread(source, min(length, COPY_BLOCK), source_offset)
+            if not block:
+                raise MechaError("a part file ended early while it was being joined")
+            copied = os.pwrite(target, block, target_offset)
+        source_offset += copied
+        target_offset += copied
+        length -= copied
+
+
 def _target(path: Path) -> Path:
     """The file a write to `path` lands in: through a symlink to its target, so the link survives."""
     return Path(os.path.realpath(path)) if path.is_symlink() else path
@@ -238,9 +279,9 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def _temp_name(path: Path) -> str:
+def _temp_name(path: Path, suffix: str = TEMP_SUFFIX) -> str:
     """``.NAME.HOST-PID-RANDOM.mecha-tmp``, NAME cut short so the whole fits the file system's name limit."""
-    tag = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    tag = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
     room = _name_max(path.parent) - 1 - len(tag)
     name = os.fsencode(path.name)[:max(room, 1)].decode("utf-8", "ignore") or "out"
     return "." + name + tag
@@ -260,10 +301,29 @@ def _make_temp(path: Path) -> tuple[int, Path]:
     raise MechaError(f"cannot create a file in {str(path.parent)!r}: every temporary name tried exists")
 
 
+def make_parts_folder(path: str | os.PathLike[str]) -> Path:
+    """A new folder next to the output `path` for the parts of it that other processes write (an
+    executor's workers), named like a temporary file (``.NAME.HOST-PID-RANDOM.mecha-parts``) so that
+    :func:`remove_stale_temporaries` removes it once this process is gone, even after a SIGKILL."""
+    target = _target(Path(path))
+    remove_stale_temporaries(target.parent)
+    for _ in range(100):
+        folder = target.parent / _temp_name(target, PARTS_SUFFIX)
+        try:
+            folder.mkdir(mode=0o700)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise MechaError(f"cannot create a folder in {str(target.parent)!r}: {error.strerror}") from None
+    raise MechaError(f"cannot create a folder in {str(target.parent)!r}: every temporary name tried exists")
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporary files that writers of this host, now gone, left in `folder` (killed by
-    SIGKILL, a power cut...). Only regular files of ours by name and owner, whose writer process no
-    longer exists, are removed; a folder that cannot be listed is left alone. Returns what was removed."""
+    """Remove the temporary files (and parts folders) that writers of this host, now gone, left in
+    `folder` (killed by SIGKILL, a power cut...). Only regular files (folders for parts) of ours by
+    name and owner, whose writer process no longer exists, are removed; a folder that cannot be
+    listed is left alone. Returns what was removed."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -275,9 +335,15 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             continue
         try:
             status = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(status.st_mode) and status.st_uid == getattr(os, "getuid", lambda: status.st_uid)():
+            if status.st_uid != getattr(os, "getuid", lambda: status.st_uid)():
+                continue
+            if match.group(3) == TEMP_SUFFIX and stat.S_ISREG(status.st_mode):
                 os.unlink(entry.path)
-                removed.append(Path(entry.path))
+            elif match.group(3) == PARTS_SUFFIX and stat.S_ISDIR(status.st_mode):
+                shutil.rmtree(entry.path)
+            else:
+                continue
+            removed.append(Path(entry.path))
         except OSError:
             continue
     return removed

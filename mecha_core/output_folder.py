@@ -191,6 +191,28 @@ class OutputFolder:
         if complete:  # every byte of the shard is written: finish it now, freeing its writer
             _finish(out)
 
+    @property
+    def temporary_folder(self) -> Path:
+        """Where the shards are written until the folder is committed (while the output is open)."""
+        if self._temp is None:
+            raise MechaError(f"{self.path}: the output was closed")
+        return self._temp
+
+    def adopt_shards(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+        """Take every shard as complete, written by others (an executor's workers) at `paths`, one
+        per shard in order, inside :attr:`temporary_folder`; what their killed attempts left there goes."""
+        folder = self.temporary_folder
+        expected = [folder / shard.file_name for shard in self.plan.shards]
+        if [Path(p) for p in paths] != expected:
+            raise MechaError(f"{self.path}: the shards to adopt are not the planned ones in {folder}")
+        with self._lock:
+            if self._open:
+                raise MechaError(f"{self.path}: shards were also written here; an executor writes all or none")
+            self._done = [True] * len(self.plan.shards)
+        for item in folder.iterdir():
+            if item.name.endswith(TEMP_SUFFIX) and item.is_file():
+                item.unlink()
+
     def _shard(self, index: int) -> OutputFile:
         with self._lock:
             out = self._open.get(index)

@@ -121,6 +121,13 @@ class MergePlan:
         for leaf in self.leaves + ([self.fallback] if self.fallback else []):
             (leaf.source or leaf.file).close()
 
+    def check_inputs_unchanged(self) -> None:
+        """Refuse a result read from a model that changed during the merge (see SafetensorsFile.check_unchanged)."""
+        for leaf in self.leaves + ([self.fallback] if self.fallback else []):
+            check = getattr(leaf.file, "check_unchanged", None)
+            if check is not None:
+                check()
+
     def input_paths(self) -> list[Path]:
         """Every file and folder the inputs are read from (a sharded model's folder, index and shards)."""
         paths = []

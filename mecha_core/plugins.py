@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
 import importlib
 import importlib.metadata
@@ -26,6 +27,7 @@ from . import hookspecs
 from .architecture import Architecture
 from .cli_command import CliCommand
 from .errors import PluginError, from_signal, unknown
+from .executor_spec import Executor
 from .method_spec import MethodSpec
 from .model_type import ModelType
 from .recipe_format_spec import RecipeFormat
@@ -101,6 +103,7 @@ HOOKS: dict[str, tuple[str, str, type]] = {
     "model_types": ("mecha_model_types", "model type", ModelType),
     "cli_commands": ("mecha_cli_commands", "CLI command", CliCommand),
     "recipe_formats": ("mecha_recipe_formats", "recipe format", RecipeFormat),
+    "executors": ("mecha_executors", "executor", Executor),
 }
 
 
@@ -139,6 +142,10 @@ class Plugins:
     @property
     def recipe_formats(self) -> Registry[RecipeFormat]:
         return self._registry("recipe_formats")
+
+    @property
+    def executors(self) -> Registry[Executor]:
+        return self._registry("executors")
 
     def _registry(self, attribute: str) -> Registry[Any]:
         with self._lock:
@@ -263,6 +270,16 @@ def _register(manager: pluggy.PluginManager, plugin: object, name: str, record: 
     return record
 
 
+def _unknown_hook(name: str, hook_names: list[str]) -> str:
+    """An unknown hook's message, its nearest hooks found without the ``mecha_`` they all start with
+    (which alone would make ``mecha_executors`` look close to ``mecha_merge_method``)."""
+    bare = {hook.removeprefix("mecha_"): hook for hook in hook_names}
+    close = difflib.get_close_matches(name.removeprefix("mecha_"), list(bare), n=3, cutoff=0.6)
+    if not close:
+        return unknown("hook", name, hook_names)
+    return f"unknown hook {name!r}; did you mean " + " or ".join(repr(bare[c]) for c in close) + "?"
+
+
 def _hook_problem(plugin: object, callers: list[pluggy.HookCaller]) -> str | None:
     """Why a registered plugin's hooks are unusable: a misspelled hook name, or no hook at all.
 
@@ -273,7 +290,7 @@ def _hook_problem(plugin: object, callers: list[pluggy.HookCaller]) -> str | Non
     misspelled = [caller.name for caller in callers if not caller.has_spec()
                   and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())]
     if misspelled:
-        return "invalid hook implementation: " + "; ".join(unknown("hook", name, hook_names) for name in misspelled)
+        return "invalid hook implementation: " + "; ".join(_unknown_hook(name, hook_names) for name in misspelled)
     if not callers:
         unmarked = [hook for hook in hook_names if callable(getattr(plugin, hook, None))]
         return "implements no mecha hook" + (f": decorate {', '.join(unmarked)} with @mecha_core.hookimpl"

@@ -57,6 +57,10 @@ def register(commands: Any, common: argparse.ArgumentParser, plugins: Plugins) -
                        help="memory one worker may hold for a chunk of an elementwise merge (default: 32)")
     merge.add_argument("--max-shard-size", metavar="SIZE", help="largest shard of a model folder output: 5GB "
                                                                 "(default), 500MB, 2GiB...; implies a folder output")
+    merge.add_argument("--executor", metavar="NAME", help="what runs the merge: local (default: threads in this "
+                                                          "process), ray (mecha-ray: a Ray cluster)...")
+    merge.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster to run on (auto, or the head's "
+                                                                "host:port); implies --executor ray")
     merge.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     merge.add_argument("--store-model-paths", action="store_true",
                        help="store the models' paths as the recipe gives them in the output's recipe (default: "
@@ -152,6 +156,9 @@ def run_merge(args: argparse.Namespace) -> int:
             raise MechaError(f"choose one of --as-{save_as} and --as-{name}")
         save_as = name
         save_options = {model_type.save_option: value, **extras}
+    if args.ray_address and args.executor not in (None, "ray"):  # a usage error: exit 2, as argparse's
+        print(f"mecha: error: --ray-address runs on ray; it cannot go with --executor {args.executor}", file=sys.stderr)
+        return 2
     output = args.output if args.output else _default_output(args.recipe)
     given = {  # the command line wins over the options the recipe file sets
         "work_dtype": args.work_dtype and dtypes.parse(args.work_dtype, dtypes.WORK_DTYPES, "work dtype"),
@@ -172,7 +179,9 @@ def run_merge(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     keep_freed_memory()
     _, report = merge_with_report(recipe, output, **options, progress=progress.update, on_plan=progress.start,
-                                   max_shard_size=args.max_shard_size)
+                                   max_shard_size=args.max_shard_size,
+                                   executor=args.executor or ("ray" if args.ray_address else None),
+                                   executor_options={"address": args.ray_address} if args.ray_address else None)
     progress.close()
     elapsed = time.perf_counter() - started
     for note in report.notes:

@@ -136,6 +136,20 @@ def test_hook_mecha_recipe_formats(mecha_plugins, mecha_cli, tmp_path):
     assert "recipe_formats" in mecha_cli("plugins", "--json").out
 
 
+def test_hook_mecha_executors(mecha_plugins, mecha_cli, tmp_path):
+    # the documentation's example: every part in turn, in this process
+    mecha_plugins.register(doc_example("mecha_executors"), "in_turn")
+    mecha_plugins.register(as_plugin(PAIR, lerp), "pairs")
+    assert "  executors: in_turn" in mecha_cli("plugins").out
+    a = write_model(pair_model(1.0), tmp_path / "a.safetensors")
+    b = write_model(pair_model(3.0), tmp_path / "b.safetensors")
+    for executor in ("local", "in_turn"):
+        (tmp_path / executor).mkdir()
+        mecha.merge(lerp(a, b, alpha=0.25), tmp_path / executor / "out.safetensors", executor=executor)
+    assert (tmp_path / "in_turn" / "out.safetensors").read_bytes() == (tmp_path / "local" / "out.safetensors").read_bytes()
+    assert [p.name for p in (tmp_path / "in_turn").iterdir()] == ["out.safetensors"]  # no parts folder left
+
+
 # meta-tests ------------------------------------------------------------------------------------------
 def documented_hooks() -> dict[str, str]:
     """Hook name -> the signature its heading in docs/plugins.md shows."""

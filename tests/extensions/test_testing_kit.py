@@ -38,7 +38,7 @@ def test_as_plugin_routes_each_object_to_its_hook(mecha_plugins):
     assert record.provides == {"merge_methods": ["weighted_mean"], "architectures": ["solo"],
                                "cli_commands": ["solo_cmd"]}
     with pytest.raises(TypeError, match="as_plugin\\(\\) takes MergeMethod, Architecture, ModelType, CliCommand, "
-                                        "RecipeFormat objects, got 'weighted_mean'"):
+                                        "RecipeFormat, Executor objects, got 'weighted_mean'"):
         as_plugin("weighted_mean")
 
 
