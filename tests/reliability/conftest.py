@@ -92,3 +92,14 @@ def recipe_file(folder: Path, text: str, name: str = "r.mecha") -> Path:
     path = folder / name
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def folder(plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working folder: models a (all 1) and b (all 3) and r.mecha, their weighted sum at 0.5.
+    A test module that needs other files defines its own `folder`."""
+    monkeypatch.chdir(tmp_path)
+    save({"w": torch.full((4, 4), 1.0)}, tmp_path / "a.safetensors")
+    save({"w": torch.full((4, 4), 3.0)}, tmp_path / "b.safetensors")
+    recipe_file(tmp_path, 'model "a.safetensors"\nmodel "b.safetensors"\nmerge "weighted_sum" &0 &1 alpha=0.5\n')
+    return tmp_path

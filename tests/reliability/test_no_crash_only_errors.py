@@ -19,15 +19,6 @@ from mecha_core.plugins import PluginWarning
 from .conftest import error_line, recipe_file, run, save, snapshot, temp_files
 
 
-@pytest.fixture
-def folder(plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    save({"w": torch.full((4, 4), 1.0)}, tmp_path / "a.safetensors")
-    save({"w": torch.full((4, 4), 3.0)}, tmp_path / "b.safetensors")
-    recipe_file(tmp_path, 'model "a.safetensors"\nmodel "b.safetensors"\nmerge "weighted_sum" &0 &1 alpha=0.5\n')
-    return tmp_path
-
-
 def _devices() -> str:
     names = ["cpu"]
     if torch.cuda.is_available():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
 import safetensors
@@ -17,16 +16,7 @@ from mecha_core import output_file
 from mecha_core.cli import Terminated
 from mecha_core.output_file import TEMP_SUFFIX, remove_stale_temporaries, save_tensors
 
-from .conftest import error_line, recipe_file, run, save, temp_files
-
-
-@pytest.fixture
-def folder(plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    save({"w": torch.full((4, 4), 1.0)}, tmp_path / "a.safetensors")
-    save({"w": torch.full((4, 4), 3.0)}, tmp_path / "b.safetensors")
-    recipe_file(tmp_path, 'model "a.safetensors"\nmodel "b.safetensors"\nmerge "weighted_sum" &0 &1 alpha=0.5\n')
-    return tmp_path
+from .conftest import error_line, run, temp_files
 
 
 def _dead_pid() -> int:
