@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from generate import ensure_sd1  # noqa: E402
-from run import model_lines, recipe_file  # noqa: E402
+from run import hard_links, model_lines, recipe_file  # noqa: E402
 
 def llm_folders(data: Path, hidden: int = 1024, layers: int = 8, mlp: int = 2816, vocab: int = 32000) -> list[Path]:
     """A base and two Llama-layout folders (one model.safetensors each, and config.json)."""
@@ -148,12 +148,7 @@ def main() -> None:
 
 def bench(data: Path, repeat: int, *, smoke: bool) -> None:
     two = tiny_sd1(data) if smoke else ensure_sd1(data, 2)
-    eight = []
-    for i in range(8):
-        link = data / f"ray-link{i}.safetensors"
-        if not link.exists():
-            os.link(two[i % 2], link)
-        eight.append(link)
+    eight = hard_links(data, "ray-link", two, 8)
     sd1 = recipe_file(data, "ray-eight", model_lines(eight) + ['merge "n_average" ' + " ".join(f"&{i}" for i in range(8))])
     llm = llm_folders(data, 64, 2, 128, 256) if smoke else llm_folders(data)
     ties = recipe_file(data, "ray-ties", model_lines(llm) + ['merge "ties_merge" &0 &1 &2 density=0.5'])

@@ -166,6 +166,17 @@ def model_lines(paths: list[Path]) -> list[str]:
     return [f'model "{p}"' for p in paths]
 
 
+def hard_links(folder: Path, prefix: str, sources: list[Path], count: int) -> list[Path]:
+    """`count` input files that are hard links to `sources` in turn: many inputs for the disk space of a few."""
+    links = []
+    for i in range(count):
+        link = folder / f"{prefix}{i:02d}.safetensors"
+        if not link.exists():
+            os.link(sources[i % len(sources)], link)
+        links.append(link)
+    return links
+
+
 def run(args: argparse.Namespace) -> list[Result]:
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
@@ -192,12 +203,7 @@ def run(args: argparse.Namespace) -> list[Result]:
             results += [base]
         results.append(eight)
     if "32" in args.only:
-        links = []
-        for i in range(32):
-            link = data / f"link{i:02d}.safetensors"
-            if not link.exists():
-                os.link(models[i % 8], link)
-            links.append(link)
+        links = hard_links(data, "link", models, 32)
         recipe = recipe_file(data, "thirtytwo", model_lines(links) + ['merge "n_average" ' + " ".join(f"&{i}" for i in range(32))])
         many = Result("mecha n_average, 32 models", *measure([(mecha(recipe, out, args.threads), links)], out, args.repeat)[0])
         many.ratio, many.against = (many.wall / many.bytes_moved) / (eight.wall / eight.bytes_moved), "8 models, per byte"
