@@ -25,9 +25,9 @@ import shutil
 import socket
 import stat
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import dtypes
 from .direct_writes import DirectWrites
@@ -41,6 +41,7 @@ READABLE_HEADER_BYTES = 100_000_000  # the safetensors library refuses a longer 
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 _TEMP_NAME = re.compile(r"\.[^/]*\.([0-9a-f]{8})-([0-9]+)-[0-9a-f]{8}(" + re.escape(TEMP_SUFFIX) + "|"
                         + re.escape(PARTS_SUFFIX) + ")")
+_Made = TypeVar("_Made")
 _committed: list[Path] = []  # every output renamed into place by this process, in order
 
 
@@ -289,34 +290,33 @@ def _temp_name(path: Path, suffix: str = TEMP_SUFFIX) -> str:
 
 def _make_temp(path: Path) -> tuple[int, Path]:
     """A new temporary file next to `path` (same file system, so the final rename is atomic)."""
-    remove_stale_temporaries(path.parent)
-    for _ in range(100):
-        temp = path.parent / _temp_name(path)
-        try:
-            return os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), temp
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise MechaError(f"cannot create a file in {str(path.parent)!r}: {error.strerror}") from None
-    raise MechaError(f"cannot create a file in {str(path.parent)!r}: every temporary name tried exists")
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    return _create_beside(path, TEMP_SUFFIX, lambda temp: (os.open(temp, flags, 0o600), temp), "file")
 
 
 def make_parts_folder(path: str | os.PathLike[str]) -> Path:
     """A new folder next to the output `path` for the parts of it that other processes write (an
     executor's workers), named like a temporary file (``.NAME.HOST-PID-RANDOM.mecha-parts``) so that
     :func:`remove_stale_temporaries` removes it once this process is gone, even after a SIGKILL."""
-    target = _target(Path(path))
-    remove_stale_temporaries(target.parent)
+    def make(folder: Path) -> Path:
+        folder.mkdir(mode=0o700)
+        return folder
+
+    return _create_beside(_target(Path(path)), PARTS_SUFFIX, make, "folder")
+
+
+def _create_beside(path: Path, suffix: str, create: Callable[[Path], _Made], what: str) -> _Made:
+    """`create` (which fails on an existing name) under a fresh temporary name next to `path`, once the
+    stale temporaries of dead writers there are removed."""
+    remove_stale_temporaries(path.parent)
     for _ in range(100):
-        folder = target.parent / _temp_name(target, PARTS_SUFFIX)
         try:
-            folder.mkdir(mode=0o700)
-            return folder
+            return create(path.parent / _temp_name(path, suffix))
         except FileExistsError:
             continue
         except OSError as error:
-            raise MechaError(f"cannot create a folder in {str(target.parent)!r}: {error.strerror}") from None
-    raise MechaError(f"cannot create a folder in {str(target.parent)!r}: every temporary name tried exists")
+            raise MechaError(f"cannot create a {what} in {str(path.parent)!r}: {error.strerror}") from None
+    raise MechaError(f"cannot create a {what} in {str(path.parent)!r}: every temporary name tried exists")
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
