@@ -201,7 +201,7 @@ def run_part(job: MergeJob, part: Part, folder: str, *, threads: int = 1) -> Par
                          "(use the local executor)")
     from .planning import MergeOptions, plan_merge
     from .recipe_format import deserialize
-    from .scheduler import Sink, run_plan
+    from .scheduler import RespelledSink, Sink, run_plan
     plugins = _plugins(job.plugins)
     options = MergeOptions(**{**job.options, "threads": threads},
                            fallback_model=deserialize(job.fallback, plugins=plugins) if job.fallback else None)
@@ -216,17 +216,15 @@ def run_part(job: MergeJob, part: Part, folder: str, *, threads: int = 1) -> Par
                                  f"models, as the driver?")
         plan.keys = [by_name[name] for name in part.keys]
         wanted = {name for name, _, _ in part.entries}
-        spellings = plan.spellings
         path = Path(folder) / part.file_name
         with OutputFile(path, part.entries, job.metadata, inputs=plan.input_paths(), part=True) as out:
 
             class PartSink(Sink):
                 def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
-                    name = spellings.get(name, name)
                     if name in wanted:  # a key's other tensors may belong to the next part
                         out.write(name, tensor, start_element)
 
-            run_plan(plan, PartSink(), threads=threads)
+            run_plan(plan, RespelledSink(PartSink(), plan.spellings), threads=threads)
             plan.check_inputs_unchanged()
             out.commit()
         size, digest = file_digest(path)

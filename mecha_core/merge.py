@@ -25,7 +25,7 @@ from .planning import MergeOptions, MergePlan, check_device, plan_merge
 from .plugins import Plugins, get_plugins
 from .recipe import ModelNode, RecipeNode, as_node, draw_random_seeds, transform
 from .recipe_format import deserialize, serialize
-from .scheduler import DictSink, Progress, Sink
+from .scheduler import DictSink, Progress, RespelledSink, Sink
 from .spaces import MergeSpace
 
 NONFINITE_MODES = ("warn", "fail", "skip", "ignore")
@@ -227,7 +227,7 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
         if output is None:
             sink = DictSink(layout)
             _execute(executor, node, settings,
-                     LiveMerge(plan, _Respelled(sink, plan.spellings), None, settings.progress))
+                     LiveMerge(plan, RespelledSink(sink, plan.spellings), None, settings.progress))
             plan.check_inputs_unchanged()
             report = MergeReport(None, merged, len(plan.keys) - merged, 0, plan.notes)
             return sink.tensors, report
@@ -248,7 +248,7 @@ def merge_with_report(recipe: RecipeNode | str | os.PathLike[str], output: str |
             out = OutputFile(target, layout, metadata, inputs=inputs)
         with out:
             _execute(executor, node, settings,
-                     LiveMerge(plan, _Respelled(_FileSink(out), plan.spellings), out, settings.progress))
+                     LiveMerge(plan, RespelledSink(_FileSink(out), plan.spellings), out, settings.progress))
             plan.check_inputs_unchanged()
             out.commit()
         return target, MergeReport(target, merged, len(plan.keys) - merged, out.total_size, plan.notes)
@@ -358,17 +358,6 @@ class _FileSink(Sink):
 
     def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
         self.out.write(name, tensor, start_element)
-
-
-class _Respelled(Sink):
-    """Writes each key under the name the output spells it with (see ``MergePlan.spellings``)."""
-
-    def __init__(self, sink: Sink, spellings: Mapping[str, str]) -> None:
-        self.sink = sink
-        self.spellings = spellings
-
-    def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
-        self.sink.write(self.spellings.get(name, name), tensor, start_element)
 
 
 def _execute(executor: Executor, node: RecipeNode, settings: MergeSettings, live: LiveMerge) -> None:

@@ -15,7 +15,7 @@ import gc
 import math
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import dtypes
@@ -34,6 +34,17 @@ class Sink:
 
     def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
         raise NotImplementedError
+
+
+class RespelledSink(Sink):
+    """Writes each key under the name the output spells it with (see ``MergePlan.spellings``)."""
+
+    def __init__(self, sink: Sink, spellings: Mapping[str, str]) -> None:
+        self.sink = sink
+        self.spellings = spellings
+
+    def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
+        self.sink.write(self.spellings.get(name, name), tensor, start_element)
 
 
 class DictSink(Sink):
