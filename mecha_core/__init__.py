@@ -25,6 +25,7 @@ from .executor_spec import Executor
 from .explain import Explanation, explain
 from .hookspecs import hookimpl
 from .hyper import blocks, classes, default
+from .lazy_input import LazyInput
 from .merge import MergeReport, merge
 from .merge_method import MergeMethod, merge_method
 from .model_type import KeySource, ModelType, OutputEncoder
@@ -42,7 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Architecture", "ArchitectureMatch", "CliCommand", "Component", "Delta", "Executor", "Explanation", "KeySource",
-    "KeySpec", "MechaError", "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace",
+    "KeySpec", "LazyInput", "MechaError", "MergeError", "MergeMethod", "MergeNode", "MergeReport", "MergeSpace",
     "ModelFileError", "ModelNode", "ModelType", "OutputEncoder", "OutputFile", "ParameterNode", "PluginError",
     "Plugins", "ReadRecipe", "RecipeError", "RecipeFormat", "RecipeNode", "RecipeSyntaxError", "Same",
     "SafetensorsFile", "TensorFile", "TensorInfo", "Weight", "blocks", "classes", "compose", "default",

@@ -95,7 +95,8 @@ class PlanSummary:
     `peak_memory` is the scheduler's own budget: every worker evaluates a key (a chunk of
     `chunk_elements` elements when the recipe is elementwise and the key larger, else the whole key)
     at `bytes_per_element` bytes an element, the `threads` largest of those at once, plus the output
-    writer's staging buffers (`writer_buffers`)."""
+    writer's staging buffers (`writer_buffers`). A whole key costs `whole_key_bytes_per_element`: less
+    when ``lazy_inputs`` methods read models range by range (`lazy_methods`) instead of holding them."""
 
     components: list[ComponentPlan]
     bytes_read: int
@@ -106,6 +107,8 @@ class PlanSummary:
     bytes_per_element: int
     writer_buffers: int
     peak_memory: int
+    whole_key_bytes_per_element: int
+    lazy_methods: list[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,7 +441,8 @@ class _Explainer:
         header = encode_header(placed, self._metadata())
         bytes_written = len(header) + (placed[-1][4] if placed else 0)
         runner = KeyRunner(plan, Sink())
-        working = sorted((self._working_set(key, runner.chunk, runner.per_element, _chunk_step)
+        whole = runner.per_element - 2 * runner.item * len(self._lazy_leaves())
+        working = sorted((self._working_set(key, runner.chunk, runner.per_element, whole, _chunk_step)
                           for key in plan.keys), reverse=True)
         writer = (STAGES + options.threads) * STAGE_BYTES
         return PlanSummary(
@@ -447,16 +451,29 @@ class _Explainer:
             bytes_read=bytes_read, bytes_written=bytes_written,
             output_dtypes=dict(sorted(output_dtypes.items(), key=lambda item: -item[1])),
             threads=options.threads, chunk_elements=runner.chunk, bytes_per_element=runner.per_element,
-            writer_buffers=writer, peak_memory=sum(working[:options.threads]) + writer)
+            writer_buffers=writer, peak_memory=sum(working[:options.threads]) + writer,
+            whole_key_bytes_per_element=whole,
+            lazy_methods=sorted({op.method.name for op in self.ops if op.method is not None and op.method.lazy_inputs}))
 
-    def _working_set(self, key: KeyPlan, chunk: int, per_element: int, chunk_step: Any) -> int:
-        """The bytes a worker holds for one key: a chunk of it or all of it, at `per_element`; a
-        copied key is read whole and written as it is."""
+    def _lazy_leaves(self) -> list[Op]:
+        """The models only ``lazy_inputs`` methods take, from sources that read ranges: on a whole key,
+        neither their values nor their converted copies are held (the scheduler's ``_lazy``)."""
+        consumers: dict[int, list[Op]] = {}
+        for op in self.ops:
+            for child in op.inputs:
+                consumers.setdefault(id(child), []).append(op)
+        return [op for op in self.leaf_ops if getattr(op.leaf.source, "supports_ranges", False)  # type: ignore[union-attr]
+                and consumers.get(id(op)) and all(c.method is not None and c.method.lazy_inputs
+                                                  for c in consumers[id(op)])]
+
+    def _working_set(self, key: KeyPlan, chunk: int, per_element: int, whole: int, chunk_step: Any) -> int:
+        """The bytes a worker holds for one key: a chunk of it at `per_element`, or all of it at
+        `whole`; a copied key is read whole and written as it is."""
         if not key.merge:
             return key.numel * dtypes.itemsize(dtypes.code_of(key.out_dtype))
         if key.chunkable and key.numel > chunk:
             return chunk_step(chunk, key) * per_element
-        return key.numel * per_element
+        return key.numel * whole
 
     def _note_read(self, leaf: Leaf, key: str, read: dict[Any, set[str]], whole_files: set[Any]) -> None:
         """A model of the base type is read key by key; another type (a LoRA) reads its own
@@ -524,7 +541,8 @@ class _Explainer:
                             f"not every input has them, or they are not floating point")
         own = sorted({op.method.name for op in self.ops if op.method is not None and op.method.coefficients is None})
         if own:
-            whole = sorted({op.method.name for op in self.ops if op.method is not None and not op.method.elementwise})
+            whole = sorted({op.method.name for op in self.ops if op.method is not None and not op.method.elementwise
+                            and not op.method.lazy_inputs})
             warnings.append(f"{', '.join(own)}: the memory a method uses inside its call comes on top of the peak "
                             f"memory shown" + (f" ({', '.join(whole)} on whole keys, not chunks)" if whole else ""))
         if plan.encoder is not None:

@@ -37,7 +37,7 @@ class MergeMethod(MethodSpec):
 
 def merge_method(function: Callable[..., Any] | None = None, *, name: str | None = None,
                  elementwise: bool = False, stored_inputs: bool = False,
-                 coefficients: Callable[..., Sequence[float]] | None = None) -> Any:
+                 coefficients: Callable[..., Sequence[float]] | None = None, lazy_inputs: bool = False) -> Any:
     """Turn a tensor function into a :class:`MergeMethod`.
 
     ``elementwise=True`` promises that each output entry depends only on the same entry of each input,
@@ -55,15 +55,22 @@ def merge_method(function: Callable[..., Any] | None = None, *, name: str | None
     materialising them (a LoRA's low-rank product) does so in place: baking a LoRA costs one pass
     over the checkpoint. The function stays the definition; ``mecha_core.testing.check_merge_method``
     checks that the two agree.
+
+    ``lazy_inputs=True`` gives the function each input as a :class:`mecha_core.LazyInput` to read
+    range by range (``x.flat(start, stop)``), for a method that needs whole-tensor statistics (norms,
+    a top-k threshold) and can then compute its result a chunk at a time: a large key then costs its
+    result and one chunk's temporaries instead of every input in memory. Such a function should also
+    accept plain tensors (``LazyInput.of`` takes either), so that it can be called
+    directly.
     """
     def wrap(fn: Callable[..., Any]) -> MergeMethod:
-        return _build(fn, name or fn.__name__, elementwise, stored_inputs, coefficients)
+        return _build(fn, name or fn.__name__, elementwise, stored_inputs, coefficients, lazy_inputs)
 
     return wrap(function) if function is not None else wrap
 
 
 def _build(fn: Callable[..., Any], name: str, elementwise: bool, stored_inputs: bool = False,
-           coefficients: Callable[..., Sequence[float]] | None = None) -> MergeMethod:
+           coefficients: Callable[..., Sequence[float]] | None = None, lazy_inputs: bool = False) -> MergeMethod:
     validate_name(name, "merge method")
     where = f"merge method {name!r} ({fn.__module__}.{fn.__qualname__})"
     signature = inspect.signature(fn)
@@ -105,10 +112,14 @@ def _build(fn: Callable[..., Any], name: str, elementwise: bool, stored_inputs: 
     if coefficients is not None and not elementwise:
         raise TypeError(f"{where}: coefficients make it a linear combination of its inputs, which is "
                         f"elementwise: add elementwise=True")
+    if lazy_inputs and (elementwise or stored_inputs):
+        raise TypeError(f"{where}: lazy_inputs=True is for methods that read whole tensors in passes; an elementwise "
+                        f"method is already fed chunks, and lazy inputs come in the work dtype (drop "
+                        f"{'elementwise' if elementwise else 'stored_inputs'}=True)")
     method = MergeMethod(name=name, function=fn, inputs=tuple(inputs), hypers=tuple(hypers),
                          returns=returns, context=frozenset(context), takes_kwargs=takes_kwargs,
                          elementwise=elementwise, doc=inspect.cleandoc(fn.__doc__ or ""),
-                         stored_inputs=stored_inputs, coefficients=coefficients)
+                         stored_inputs=stored_inputs, coefficients=coefficients, lazy_inputs=lazy_inputs)
     return method
 
 

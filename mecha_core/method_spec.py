@@ -58,6 +58,7 @@ class MethodSpec:
     doc: str = ""
     stored_inputs: bool = False
     coefficients: Callable[..., Sequence[float]] | None = None
+    lazy_inputs: bool = False
 
     def __post_init__(self) -> None:
         validate_name(self.name, "merge method")

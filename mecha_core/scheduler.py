@@ -22,6 +22,7 @@ from . import dtypes
 from .architecture import Architecture, KeySpec
 from .errors import MechaError, MergeError, from_signal
 from .hyper import resolve
+from .lazy_input import LazyInput
 from .planning import KeyPlan, MergePlan, Op, op_inputs, provides, usable_inputs
 from .spaces import MergeSpace
 from .traversal import post_order
@@ -96,7 +97,7 @@ class KeyRunner:
                 self.uses[id(child)] += 1
         self.leaf_ops = [op for op in ops if op.leaf is not None]
         leaves = len(self.leaf_ops)
-        item = torch.empty((), dtype=dtypes.to_torch(self.options.work_dtype)).element_size()
+        self.item = item = torch.empty((), dtype=dtypes.to_torch(self.options.work_dtype)).element_size()
         # bytes one element of a key costs while it is evaluated: every node's value, every model's
         # converted input, the result and its cast
         self.per_element = item * (len(self.uses) + leaves + 2)
@@ -276,6 +277,10 @@ class KeyRunner:
         children = [op.inputs[i] for i in positions]
         if method.coefficients is not None:
             result = self._combine(op, children, hypers, plan, region, memo, remaining, device, work)
+        elif method.lazy_inputs:
+            args = [self._lazy(child, plan, region, memo, device, work) for child in children]
+            self._release(op, memo, remaining)
+            result = self._invoke(op, args, hypers, plan, device, work)
         else:
             args = []
             for child in children:
@@ -294,6 +299,20 @@ class KeyRunner:
             raise MergeError(f"merge method {method.name!r}{_origin(op)} returned {what} for key {plan.name!r}, "
                              f"expected a dense tensor with data")
         return result
+
+    def _lazy(self, child: Op, plan: KeyPlan, region: tuple[int, int] | None, memo: dict[int, Any], device: str,
+              work: Any) -> LazyInput:
+        """An input of a ``lazy_inputs`` method: a model that can read ranges is read range by range
+        when the method asks (in the work dtype, on its device); anything else is its value, wrapped."""
+        source = child.leaf.source if child.leaf is not None else None
+        if source is None or id(child) in memo or region is not None or not getattr(source, "supports_ranges", False):
+            return LazyInput.of(self._value(child, plan, region, memo).to(device=device, dtype=work))
+        name = plan.name
+
+        def read(start: int, stop: int) -> Any:
+            return source.read_flat(name, start, stop).to(device=device, dtype=work)
+
+        return LazyInput(tuple(source.info(name).shape), work, read)
 
     def _release(self, op: Op, memo: dict[int, Any], remaining: dict[int, int]) -> None:
         for child in op.inputs:

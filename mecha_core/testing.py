@@ -37,6 +37,7 @@ from .architecture import Architecture
 from .cli import main
 from .dtypes import is_float_name
 from .hookspecs import hookimpl
+from .lazy_input import LazyInput
 from .merge_method import MergeMethod
 from .output_file import save_tensors
 from .plugins import HOOKS, Plugins, get_plugins, load_plugins, spec_type_name, using_plugins
@@ -168,7 +169,8 @@ def check_merge_method(method: MergeMethod, *, shape: tuple[int, ...] = (6, 7), 
     Random float32 inputs of `shape` (three models for a ``*models`` method), the defaults or the
     given `hypers`, and the context a merge passes. Checked: the result is a floating-point tensor of
     the inputs' shape; no input is modified in place; two calls with one seed agree (merges are
-    reproducible); an ``elementwise`` method gives the same values on flat chunks as on the whole
+    reproducible); a ``lazy_inputs`` method, given its inputs as :class:`LazyInput` as a merge does,
+    gives the same values when called on plain tensors; an ``elementwise`` method gives the same values on flat chunks as on the whole
     tensor, which is what that promise lets the scheduler do; and a method declaring ``coefficients``
     gives the linear combination they describe (the scheduler computes that instead of calling it).
     Returns the result; raises AssertionError naming the broken rule.
@@ -189,10 +191,19 @@ def check_merge_method(method: MergeMethod, *, shape: tuple[int, ...] = (6, 7), 
     def call(args: list[Any]) -> Any:
         context = {"key": "check.weight", "device": torch.device("cpu"), "dtype": torch.float32,
                    "generator": torch.Generator().manual_seed(seed), "cache": {}}
+        if method.lazy_inputs:  # as a merge gives them
+            args = [LazyInput.of(arg) for arg in args]
         return method.invoke(args, values, context)
 
     result = call(inputs)
     where = f"merge method {method.name!r}"
+    if method.lazy_inputs:
+        direct = method.invoke(inputs, values, {"key": "check.weight", "device": torch.device("cpu"),
+                                                "dtype": torch.float32, "cache": {},
+                                                "generator": torch.Generator().manual_seed(seed)})
+        torch.testing.assert_close(direct, result, rtol=0, atol=0,
+                                   msg=f"{where} declares lazy_inputs but gives other values when called on "
+                                       f"tensors; wrap its inputs with LazyInput.of, which takes either")
     assert isinstance(result, torch.Tensor), f"{where} returned {type(result).__name__}, expected a tensor"
     assert tuple(result.shape) == tuple(shape), f"{where} returned shape {list(result.shape)}, expected {list(shape)}"
     assert result.is_floating_point(), f"{where} returned {result.dtype}, expected a floating-point tensor"

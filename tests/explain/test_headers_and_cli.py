@@ -53,10 +53,16 @@ def test_peak_memory_is_the_schedulers_budget(sd1_real_size, tmp_path, no_tensor
     b = write_header_only(tmp_path / "b.safetensors", sd1_real_size, garbage=False)
     c = write_header_only(tmp_path / "c.safetensors", sd1_real_size, garbage=False)
     writer = (STAGES + 2) * STAGE_BYTES
-    # ties is not elementwise: a worker holds a whole key, at 4 bytes x (4 nodes + 3 inputs + 2) an element
+    # ties is not elementwise: a worker holds a whole key, at 4 bytes x (4 nodes + 3 inputs + 2) an
+    # element, less each model's value and converted copy: ties reads its models range by range
     plan = mc.explain(mc.ties_merge(a, b, c), threads=2).plan
     largest = sorted((math.prod(s.shape) for s in sd1_real_size if s.merged), reverse=True)
-    assert plan.bytes_per_element == 4 * 9
+    assert plan.bytes_per_element == 4 * 9 and plan.whole_key_bytes_per_element == 4 * 3
+    assert plan.lazy_methods == ["ties_merge"]
+    assert plan.peak_memory == 12 * (largest[0] + largest[1]) + writer
+    # karcher is neither elementwise nor lazy: the whole key with every input
+    plan = mc.explain(mc.karcher(a, b, c), threads=2).plan
+    assert plan.whole_key_bytes_per_element == plan.bytes_per_element == 4 * 9
     assert plan.peak_memory == 36 * (largest[0] + largest[1]) + writer
     # weighted_sum is: every worker holds at most a chunk of the 32 MiB budget
     budget = 32 << 20

@@ -79,3 +79,24 @@ def test_karcher_equal_weights_and_zero_inputs(methods):
     # a zero input has no direction but counts in the mean norm
     close(spherical.karcher.function(t(2.0, 0.0), t(0.0, 2.0), t(0.0, 0.0)),
           [4 / 3 * math.sqrt(0.5)] * 2, atol=1e-5)
+
+
+def test_nuslerp_of_model_files_reads_them_in_chunks_and_keeps_the_formula(methods, tmp_path, monkeypatch):
+    """A key several of the method's chunks long, read from fp16 files range by range."""
+    import torch
+
+    from mecha_core.tensor_files import SafetensorsFile
+    from mecha_core.testing import write_model
+
+    a, b = randn(700, 1000, seed=1).half(), randn(700, 1000, seed=2).half()
+    paths = [write_model({"w": x}, tmp_path / f"{i}.safetensors") for i, x in enumerate((a, b))]
+    reads: list[int] = []
+    original = SafetensorsFile.read_flat
+    monkeypatch.setattr(SafetensorsFile, "read_flat", lambda self, name, start, stop: (
+        reads.append(stop - start), original(self, name, start, stop))[1])
+    out = mc.merge(mc.nuslerp(*paths, weight=[0.7, 0.3]), save_dtype="fp32")["w"].double()
+    x, y = a.double().reshape(-1), b.double().reshape(-1)
+    omega = math.acos(float(x @ y) / float(x.norm() * y.norm()))
+    expected = (math.sin(0.7 * omega) * x + math.sin(0.3 * omega) * y) / math.sin(omega)
+    torch.testing.assert_close(out.reshape(-1), expected, rtol=1e-5, atol=1e-6)
+    assert max(reads) <= spherical._CHUNK < 700 * 1000 and sum(reads) == 4 * 700 * 1000  # two passes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mecha_core import Same, merge_method
+from mecha_core import LazyInput, Same, merge_method
 
 from .tensor_ops import Tensor, computable, per_model
 
@@ -36,7 +36,7 @@ def slerp(a: Same, b: Same, *, alpha: float = 0.5) -> Same:
     return (direction * (norm_a + alpha * (norm_b - norm_a))).to(a.dtype)
 
 
-@merge_method
+@merge_method(lazy_inputs=True)
 def nuslerp(a: Same, b: Same, *, weight: tuple[float, ...] = 1.0, nuslerp_flatten: bool = True,
             nuslerp_row_wise: bool = False) -> Same:
     """mergekit's NuSLERP: slerp of two models at t = w_b / (w_a + w_b).
@@ -54,11 +54,12 @@ def nuslerp(a: Same, b: Same, *, weight: tuple[float, ...] = 1.0, nuslerp_flatte
     weight = per_model(weight, 2)
     total = weight[0] + weight[1]
     t = 0.5 if abs(total) < 1e-6 else weight[1] / total
+    a, b = LazyInput.of(a), LazyInput.of(b)
     if a.numel() == 0:
-        return a.lerp(b, t)
-    if nuslerp_flatten or a.dim() < 2:
+        return a.whole().lerp(b.whole(), t)
+    if nuslerp_flatten or len(a.shape) < 2:
         return _slerp_whole(a, b, t)
-    x, y = computable(a), computable(b)
+    x, y = computable(a.whole()), computable(b.whole())
     if nuslerp_row_wise:
         vectors_x, vectors_y = x.movedim(0, -1), y.movedim(0, -1)
     else:
@@ -76,25 +77,26 @@ def nuslerp(a: Same, b: Same, *, weight: tuple[float, ...] = 1.0, nuslerp_flatte
     return result.reshape(a.shape).to(a.dtype)
 
 
-_CHUNK = 1 << 20  # elements: the whole-tensor slerp's float32 temporaries stay a few MiB
+_CHUNK = 1 << 18  # elements: the whole-tensor slerp's float32 temporaries stay in the cache (1 MiB each)
 
 
-def _slerp_whole(a: Tensor, b: Tensor, t: float) -> Tensor:
+def _slerp_whole(a: LazyInput, b: LazyInput, t: float) -> Tensor:
     """nuslerp over the whole flattened tensors, a chunk at a time: the norms and the dot product are
-    summed chunk by chunk in float64, then each chunk of the result is written into a tensor of a's
+    summed in float64 (products of float32 values, exact for fp16/bf16 inputs), then each chunk of the result is written into a tensor of a's
     dtype, so memory holds the result and one chunk's temporaries, not float32 copies of everything
-    (an LLM's embedding matrix is 65 M entries)."""
+    (an LLM's embedding matrix is 65 M entries); lazy inputs are read a chunk at a time, twice."""
     import math
 
     import torch
 
-    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    count = a.numel()
     squares_a = squares_b = dot = 0.0
-    for start in range(0, flat_a.numel(), _CHUNK):
-        x, y = flat_a[start:start + _CHUNK].double(), flat_b[start:start + _CHUNK].double()
-        squares_a += float(x.square().sum())
-        squares_b += float(y.square().sum())
-        dot += float((x * y).sum())
+    for start in range(0, count, _CHUNK):
+        stop = min(start + _CHUNK, count)
+        x, y = computable(a.flat(start, stop)), computable(b.flat(start, stop))
+        squares_a += float(torch.sum(x * x, dtype=torch.float64))
+        squares_b += float(torch.sum(y * y, dtype=torch.float64))
+        dot += float(torch.sum(x * y, dtype=torch.float64))
     norm_a, norm_b = max(math.sqrt(squares_a), 1e-7), max(math.sqrt(squares_b), 1e-7)
     cosine = min(max(dot / (norm_a * norm_b), -1.0), 1.0)
     if 1 - cosine * cosine <= 1e-16:
@@ -103,11 +105,14 @@ def _slerp_whole(a: Tensor, b: Tensor, t: float) -> Tensor:
         omega = math.acos(cosine)
         coefficient_a = math.sin((1 - t) * omega) / math.sin(omega)
         coefficient_b = math.sin(t * omega) / math.sin(omega)
-    result = torch.empty_like(flat_a)
-    for start in range(0, flat_a.numel(), _CHUNK):
-        x = computable(flat_a[start:start + _CHUNK])
-        y = computable(flat_b[start:start + _CHUNK])
-        result[start:start + _CHUNK] = x * coefficient_a + y * coefficient_b
+    result: Tensor | None = None
+    for start in range(0, count, _CHUNK):
+        stop = min(start + _CHUNK, count)
+        chunk_a = a.flat(start, stop)
+        if result is None:
+            result = torch.empty(count, dtype=chunk_a.dtype, device=chunk_a.device)
+        result[start:stop] = computable(chunk_a).mul(coefficient_a).add_(b.flat(start, stop), alpha=coefficient_b)
+    assert result is not None
     return result.reshape(a.shape)
 
 

@@ -22,7 +22,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mecha_core import MergeError, Weight, merge_method
+from mecha_core import LazyInput, MergeError, Weight, merge_method
 
 from .tensor_ops import Tensor, computable, per_model, rng, uniform_like
 
@@ -32,32 +32,35 @@ Sparsify = Callable[[int, Tensor], Tensor]
 CHUNK = 1 << 20  # elements of each tensor a chunk of the elementwise steps holds (4 MiB in float32)
 
 
-def _task_arithmetic(base: Tensor, models: Sequence[Tensor], weight: Sequence[float], sparsify: Sparsify | None,
-                     *, consensus: bool, normalize: bool, lambda_: float,
+def _task_arithmetic(base: Tensor | LazyInput, models: Sequence[Tensor | LazyInput], weight: Sequence[float],
+                     sparsify: Sparsify | None, *, consensus: bool, normalize: bool, lambda_: float,
                      top_k: Sequence[float] | None = None) -> Tensor:
     """The shared pipeline described in the module docstring.
 
     Steps 2 to 5 are elementwise, so they run over CHUNK elements at a time: a large key (an LLM's
-    embedding) holds its inputs, the result and a few chunk-sized temporaries, not a float32 copy of
-    every task vector. `top_k` (TIES trim) keeps that: its per-model threshold is found first, in
-    chunks (:class:`_TopK`). A `sparsify` function sees whole task vectors (random drops draw one
-    stream per tensor), so with one the pipeline runs in a single chunk.
+    embedding) holds the result and a few chunk-sized temporaries, not a float32 copy of every task
+    vector; inputs given as :class:`LazyInput` (``lazy_inputs`` methods) are read a chunk at a time
+    too. `top_k` (TIES trim) keeps that: its per-model threshold is found first, in chunks
+    (:class:`_TopK`). A `sparsify` function sees whole task vectors (random drops draw one stream per
+    tensor), so with one the pipeline runs in a single chunk.
     """
     import torch
 
     weight = per_model(weight, len(models))
-    flat_base = base.reshape(-1)
-    flat_models = [model.reshape(-1) for model in models]
-    count = flat_base.numel()
+    base, models = LazyInput.of(base), [LazyInput.of(model) for model in models]
+    count = base.numel()
     step = max(count, 1) if sparsify is not None else CHUNK
-    trims = [_TopK(flat_base, model, density, step) for model, density in zip(flat_models, top_k)] if top_k else None
-    out = torch.empty_like(flat_base)
-    for start in range(0, count, step):
+    trims = [_TopK(base, model, density, step) for model, density in zip(models, top_k)] if top_k else None
+    out: Tensor | None = None
+    for start in range(0, max(count, 1), step):
         stop = min(start + step, count)
-        origin = computable(flat_base[start:stop])
+        chunk = base.flat(start, stop)
+        if out is None:
+            out = torch.empty(count, dtype=chunk.dtype, device=chunk.device)
+        origin = computable(chunk)
         weighted = []
-        for i, (model, w) in enumerate(zip(flat_models, weight)):
-            delta = computable(model[start:stop]) - origin
+        for i, (model, w) in enumerate(zip(models, weight)):
+            delta = computable(model.flat(start, stop)) - origin
             if trims is not None:
                 delta = trims[i].trim(delta)
             elif sparsify is not None:
@@ -79,6 +82,7 @@ def _task_arithmetic(base: Tensor, models: Sequence[Tensor], weight: Sequence[fl
             if normalize and abs(total) >= 1e-8:
                 merged = merged / total
         out[start:stop] = origin + lambda_ * merged
+    assert out is not None
     return out.reshape(base.shape)
 
 
@@ -93,7 +97,7 @@ class _TopK:
     :meth:`trim` then takes the chunks in order.
     """
 
-    def __init__(self, base: Tensor, model: Tensor, density: float, step: int) -> None:
+    def __init__(self, base: LazyInput, model: LazyInput, density: float, step: int) -> None:
         import torch
         count = base.numel()
         self.keep_all, self.keep_none = density >= 1 or count == 0, density <= 0
@@ -102,12 +106,12 @@ class _TopK:
             return
         wanted = max(1, int(density * count))
         chunks = [(start, min(start + step, count)) for start in range(0, count, step)]
-        width = torch.finfo(computable(base[:1]).dtype).bits
+        width = torch.finfo(computable(base.flat(0, 1)).dtype).bits
         self.bits_dtype = torch.int64 if width == 64 else torch.int32
 
         def magnitude_bits(start: int, stop: int) -> Tensor:
-            origin = computable(base[start:stop])
-            return (computable(model[start:stop]) - origin).abs_().view(self.bits_dtype)
+            origin = computable(base.flat(start, stop))
+            return (computable(model.flat(start, stop)) - origin).abs_().view(self.bits_dtype)
 
         prefix = 0
         for digit in range(width // 16):
@@ -276,7 +280,7 @@ def task_arithmetic(base: Weight, *models: Weight, weight: tuple[float, ...] = 1
     return _task_arithmetic(base, models, weight, None, consensus=False, normalize=normalize, lambda_=lambda_)
 
 
-@merge_method
+@merge_method(lazy_inputs=True)
 @_with_details(_pipeline(consensus=True, normalize=True))
 def ties_merge(base: Weight, *models: Weight, weight: tuple[float, ...] = 1.0, density: tuple[float, ...] = 1.0,
                normalize: bool = True, lambda_: float = 1.0) -> Weight:
