@@ -37,8 +37,9 @@ def render_text(explanation: Explanation) -> str:
     lines.append(f"  peak memory {format_bytes(p.peak_memory)}: {p.threads} worker{'s' if p.threads != 1 else ''}, "
                  f"each at most {p.chunk_elements} elements of a chunked key (or a whole smaller key) at "
                  f"{p.bytes_per_element} B an element"
-                 + (f" (a whole key at {p.whole_key_bytes_per_element} B: {', '.join(p.lazy_methods)} read models "
-                    f"range by range)" if p.whole_key_bytes_per_element != p.bytes_per_element else "")
+                 + (f" (a whole key at {p.whole_key_bytes_per_element} B: {', '.join(p.lazy_methods)} "
+                    f"read{'s' if len(p.lazy_methods) == 1 else ''} models range by range)"
+                    if p.whole_key_bytes_per_element != p.bytes_per_element else "")
                  + f", plus {format_bytes(p.writer_buffers)} of output buffers")
     lines += ["", "shares (each term's coefficient in the result)"]
     for component, blocks in e.components.items():
