@@ -5,6 +5,8 @@ Kept free of torch at import time so that reading a header or parsing a flag doe
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 from .errors import MechaError, suggest
@@ -89,10 +91,45 @@ def is_fp8(dtype: Any) -> bool:
 def bounds(tensor: Any) -> tuple[float, float]:
     """The smallest and largest value of a floating-point tensor, in one pass (NaN and inf propagate)."""
     import torch
-    if tensor.element_size() == 1:  # float8: no min/max kernels on CPU; float16 holds every value
-        tensor = tensor.to(torch.float16)
+    if tensor.element_size() == 1:  # float8: no min/max kernels on CPU; float32 holds every value
+        tensor = widen(tensor, torch.float32)
     low, high = torch.aminmax(tensor.reshape(-1))
     return low.item(), high.item()
+
+
+def widen(tensor: Any, dtype: Any) -> Any:
+    """`tensor` in `dtype` (a new tensor for float8, else ``tensor.to(dtype)``).
+
+    torch converts float8 one element at a time; a float8 tensor has only 256 distinct bit patterns,
+    so it is converted here by looking each byte up in a table of their values (``index_select``),
+    several times faster, with the same results, NaN and inf included. Every float8 value is exact
+    in every wider float dtype."""
+    import torch
+    if tensor.element_size() != 1 or not tensor.is_floating_point() or tensor.dtype == dtype:
+        return tensor.to(dtype=dtype)
+    table = _float8_table(tensor.dtype, dtype, tensor.device)
+    codes = tensor.reshape(-1).view(torch.uint8).to(torch.int32)
+    return torch.index_select(table, 0, codes).reshape(tensor.shape)
+
+
+@functools.cache
+def _float8_table(float8: Any, dtype: Any, device: Any) -> Any:
+    import torch
+    return torch.arange(256, dtype=torch.uint8, device=device).view(float8).to(dtype)
+
+
+# bits that are all set only in a float8 format's non-finite values: e4m3fn's NaN is S.1111.111 (it has
+# no inf), e5m2's inf and NaN have the exponent 11111
+_FLOAT8_NONFINITE_BITS = {"float8_e4m3fn": 0x7F, "float8_e5m2": 0x7C}
+
+
+def float8_all_finite(tensor: Any) -> bool:
+    """Whether a float8 tensor holds no NaN or inf, from its bits: no conversion (see :func:`widen`)."""
+    import torch
+    mask = _FLOAT8_NONFINITE_BITS[str(tensor.dtype).removeprefix("torch.")]
+    if tensor.numel() == 0:
+        return True
+    return int((tensor.reshape(-1).view(torch.uint8) & mask).max()) < mask
 
 
 def cast_for_save(tensor: Any, dtype: Any, known_bounds: tuple[float, float] | None = None) -> tuple[Any, int]:
@@ -109,7 +146,7 @@ def cast_for_save(tensor: Any, dtype: Any, known_bounds: tuple[float, float] | N
     low, high = known_bounds or bounds(tensor)
     if not (low < -limit or high > limit):  # NaN compares false: left to the nonfinite check
         return tensor.to(dtype=dtype), 0
-    wide = tensor if tensor.element_size() > 1 else tensor.to(torch.float16)
+    wide = tensor if tensor.element_size() > 1 else widen(tensor, torch.float32)
     finite_over = (wide.abs() > limit) & wide.isfinite()
     clamped = int(finite_over.sum())
     return torch.where(finite_over, wide.clamp(-limit, limit), wide).to(dtype=dtype), clamped

@@ -278,7 +278,7 @@ class KeyRunner:
         if method.coefficients is not None:
             result = self._combine(op, children, hypers, plan, region, memo, remaining, device, work)
         elif method.lazy_inputs:
-            args = [self._lazy(child, plan, region, memo, device, work) for child in children]
+            args = [self._lazy(child, plan, memo, device, work) for child in children]
             self._release(op, memo, remaining)
             result = self._invoke(op, args, hypers, plan, device, work)
         else:
@@ -288,7 +288,7 @@ class KeyRunner:
                 # fp8 has almost no arithmetic kernels: a method always gets it upcast (this chunk only)
                 keep_dtype = method.stored_inputs and child.leaf is not None and value.is_floating_point() \
                     and value.element_size() > 1
-                args.append(value.to(device=device) if keep_dtype else value.to(device=device, dtype=work))
+                args.append(value.to(device=device) if keep_dtype else dtypes.widen(value.to(device=device), work))
             self._release(op, memo, remaining)
             result = self._invoke(op, args, hypers, plan, device, work)
         if not isinstance(result, self.torch.Tensor):
@@ -300,17 +300,17 @@ class KeyRunner:
                              f"expected a dense tensor with data")
         return result
 
-    def _lazy(self, child: Op, plan: KeyPlan, region: tuple[int, int] | None, memo: dict[int, Any], device: str,
-              work: Any) -> LazyInput:
-        """An input of a ``lazy_inputs`` method: a model that can read ranges is read range by range
-        when the method asks (in the work dtype, on its device); anything else is its value, wrapped."""
+    def _lazy(self, child: Op, plan: KeyPlan, memo: dict[int, Any], device: str, work: Any) -> LazyInput:
+        """An input of a ``lazy_inputs`` method (never chunked: such a method is not elementwise): a
+        model that can read ranges is read range by range when the method asks (in the work dtype, on
+        its device); anything else is its value, wrapped."""
         source = child.leaf.source if child.leaf is not None else None
-        if source is None or id(child) in memo or region is not None or not getattr(source, "supports_ranges", False):
-            return LazyInput.of(self._value(child, plan, region, memo).to(device=device, dtype=work))
+        if source is None or id(child) in memo or not getattr(source, "supports_ranges", False):
+            return LazyInput.of(dtypes.widen(self._value(child, plan, None, memo).to(device=device), work))
         name = plan.name
 
         def read(start: int, stop: int) -> Any:
-            return source.read_flat(name, start, stop).to(device=device, dtype=work)
+            return dtypes.widen(source.read_flat(name, start, stop).to(device=device), work)
 
         return LazyInput(tuple(source.info(name).shape), work, read)
 
@@ -339,7 +339,8 @@ class KeyRunner:
                              f"{len(children)} inputs at key {plan.name!r}")
         start, stop = region or (0, plan.numel)
         first = self._value(children[0], plan, region, memo)
-        total = first.to(device=device, dtype=work, copy=True).contiguous()
+        total = first.to(device=device, dtype=work, copy=True).contiguous() if first.element_size() > 1 else \
+            dtypes.widen(first.to(device=device), work)
         if coefficients[0] != 1:
             total.mul_(coefficients[0])
         flat = total.view(-1)
@@ -360,7 +361,7 @@ class KeyRunner:
                 value = self._value(child, plan, region, memo)
                 # added in its stored dtype, which torch converts on the fly (no converted copy of the
                 # input), except float8, which has no addition kernels on CPU
-                value = value.to(device=device) if value.element_size() > 1 else value.to(device=device, dtype=work)
+                value = value.to(device=device) if value.element_size() > 1 else dtypes.widen(value.to(device=device), work)
                 flat.add_(value.reshape(-1), alpha=coefficient)
         self._release(op, memo, remaining)
         return total
@@ -419,6 +420,8 @@ def _all_finite(torch: Any, tensor: Any) -> bool:
     nothing (``isfinite(x).all()`` builds a boolean tensor of the input's size, then reduces it)."""
     if tensor.numel() == 0 or not tensor.is_floating_point():
         return True
+    if tensor.element_size() == 1:
+        return dtypes.float8_all_finite(tensor)
     low, high = dtypes.bounds(tensor)
     return math.isfinite(low) and math.isfinite(high)  # two scalars: no tensor ops
 

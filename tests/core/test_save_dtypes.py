@@ -85,3 +85,27 @@ def test_the_cli_takes_the_names_users_write(plugins, tmp_path, mecha_cli):
     assert result.status == 0, result.err
     with open_tensor_file(tmp_path / "o.safetensors") as file:
         assert {info.dtype for name, info in file.tensors.items() if name != "step"} == {"F8_E4M3"}
+
+
+@pytest.mark.parametrize("float8", [torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("wide", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_float8_is_widened_by_table_to_torchs_own_values(float8, wide):
+    """Every one of the 256 bit patterns, NaN and inf included, against torch's element-wise conversion."""
+    from mecha_core import dtypes
+    every = torch.arange(256, dtype=torch.uint8).view(float8)
+    ours, theirs = dtypes.widen(every.reshape(16, 16), wide), every.to(wide).reshape(16, 16)
+    assert ours.dtype == wide and ours.shape == (16, 16)
+    assert torch.equal(ours.isnan(), theirs.isnan())
+    assert torch.equal(ours.nan_to_num(), theirs.nan_to_num())
+
+
+@pytest.mark.parametrize("float8", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_finiteness_is_read_from_the_bits(float8):
+    from mecha_core import dtypes
+    every = torch.arange(256, dtype=torch.uint8).view(float8)
+    finite = every.to(torch.float32).isfinite()
+    assert int((~finite).sum()) == (2 if float8 == torch.float8_e4m3fn else 8)  # e5m2: +-inf and 6 NaN
+    for byte in range(256):
+        assert dtypes.float8_all_finite(every[byte:byte + 1]) == bool(finite[byte])
+    assert dtypes.float8_all_finite(every[finite]) and not dtypes.float8_all_finite(every)
+    assert dtypes.float8_all_finite(every[:0])

@@ -10,7 +10,7 @@ from mecha_core import LazyInput, Same, merge_method
 from .tensor_ops import Tensor, computable, per_model
 
 
-@merge_method
+@merge_method(lazy_inputs=True)
 def slerp(a: Same, b: Same, *, alpha: float = 0.5) -> Same:
     """Spherical interpolation of two models (sd-mecha's), each tensor flattened.
 
@@ -19,21 +19,19 @@ def slerp(a: Same, b: Same, *, alpha: float = 0.5) -> Same:
     with w the angle between a and b. Zero, parallel or opposite tensors fall back to weighted_sum.
     alpha: 0 gives a, 1 gives b.
     """
-    import torch
+    import math
 
-    x, y = computable(a), computable(b)
-    norm_a = torch.linalg.vector_norm(x)
-    norm_b = torch.linalg.vector_norm(y)
-    if a.numel() == 0 or not bool(norm_a > 1e-12) or not bool(norm_b > 1e-12):
-        return a.lerp(b, alpha)
-    unit_a, unit_b = x / norm_a, y / norm_b
-    cosine = (unit_a * unit_b).sum().clamp(-1.0, 1.0)
-    omega = torch.arccos(cosine)
-    sine = torch.sin(omega)
-    if not bool(sine.abs() > 1e-6):
-        return a.lerp(b, alpha)
-    direction = (torch.sin((1 - alpha) * omega) * unit_a + torch.sin(alpha * omega) * unit_b) / sine
-    return (direction * (norm_a + alpha * (norm_b - norm_a))).to(a.dtype)
+    a, b = LazyInput.of(a), LazyInput.of(b)
+    squares_a, squares_b, dot = _sums(a, b)
+    norm_a, norm_b = math.sqrt(squares_a), math.sqrt(squares_b)
+    if not (norm_a > 1e-12 and norm_b > 1e-12):
+        return _combination(a, b, 1 - alpha, alpha)
+    omega = math.acos(min(max(dot / (norm_a * norm_b), -1.0), 1.0))
+    sine = math.sin(omega)
+    if not abs(sine) > 1e-6:
+        return _combination(a, b, 1 - alpha, alpha)
+    scale = (norm_a + alpha * (norm_b - norm_a)) / sine
+    return _combination(a, b, math.sin((1 - alpha) * omega) * scale / norm_a, math.sin(alpha * omega) * scale / norm_b)
 
 
 @merge_method(lazy_inputs=True)
@@ -77,36 +75,47 @@ def nuslerp(a: Same, b: Same, *, weight: tuple[float, ...] = 1.0, nuslerp_flatte
     return result.reshape(a.shape).to(a.dtype)
 
 
-_CHUNK = 1 << 18  # elements: the whole-tensor slerp's float32 temporaries stay in the cache (1 MiB each)
+_CHUNK = 1 << 18  # elements: the float32 temporaries of a chunk stay in the cache (1 MiB each)
 
 
 def _slerp_whole(a: LazyInput, b: LazyInput, t: float) -> Tensor:
-    """nuslerp over the whole flattened tensors, a chunk at a time: the norms and the dot product are
-    summed in float64 (products of float32 values, exact for fp16/bf16 inputs), then each chunk of the result is written into a tensor of a's
-    dtype, so memory holds the result and one chunk's temporaries, not float32 copies of everything
-    (an LLM's embedding matrix is 65 M entries); lazy inputs are read a chunk at a time, twice."""
+    """nuslerp over the whole flattened tensors: the norms and the angle first (:func:`_sums`), then
+    the result as one combination of the two (:func:`_combination`)."""
     import math
 
+    squares_a, squares_b, dot = _sums(a, b)
+    norm_a, norm_b = max(math.sqrt(squares_a), 1e-7), max(math.sqrt(squares_b), 1e-7)
+    cosine = min(max(dot / (norm_a * norm_b), -1.0), 1.0)
+    if 1 - cosine * cosine <= 1e-16:
+        return _combination(a, b, 1 - t, t)
+    omega = math.acos(cosine)
+    return _combination(a, b, math.sin((1 - t) * omega) / math.sin(omega), math.sin(t * omega) / math.sin(omega))
+
+
+def _sums(a: LazyInput, b: LazyInput) -> tuple[float, float, float]:
+    """|a|^2, |b|^2 and a.b of the flattened tensors, read a chunk at a time and summed in float64
+    from float32 products (exact for fp16/bf16 inputs): the statistics of a 65 M-entry LLM embedding
+    without a float32 or float64 copy of it."""
     import torch
 
-    count = a.numel()
     squares_a = squares_b = dot = 0.0
-    for start in range(0, count, _CHUNK):
-        stop = min(start + _CHUNK, count)
+    for start in range(0, a.numel(), _CHUNK):
+        stop = min(start + _CHUNK, a.numel())
         x, y = computable(a.flat(start, stop)), computable(b.flat(start, stop))
         squares_a += float(torch.sum(x * x, dtype=torch.float64))
         squares_b += float(torch.sum(y * y, dtype=torch.float64))
         dot += float(torch.sum(x * y, dtype=torch.float64))
-    norm_a, norm_b = max(math.sqrt(squares_a), 1e-7), max(math.sqrt(squares_b), 1e-7)
-    cosine = min(max(dot / (norm_a * norm_b), -1.0), 1.0)
-    if 1 - cosine * cosine <= 1e-16:
-        coefficient_a, coefficient_b = 1 - t, t
-    else:
-        omega = math.acos(cosine)
-        coefficient_a = math.sin((1 - t) * omega) / math.sin(omega)
-        coefficient_b = math.sin(t * omega) / math.sin(omega)
-    result: Tensor | None = None
-    for start in range(0, count, _CHUNK):
+    return squares_a, squares_b, dot
+
+
+def _combination(a: LazyInput, b: LazyInput, coefficient_a: float, coefficient_b: float) -> Tensor:
+    """coefficient_a a + coefficient_b b in a's dtype and shape, computed a chunk at a time (in float32
+    for fp16/bf16), so memory holds the result and one chunk's temporaries."""
+    import torch
+
+    count = a.numel()
+    result = None
+    for start in range(0, max(count, 1), _CHUNK):
         stop = min(start + _CHUNK, count)
         chunk_a = a.flat(start, stop)
         if result is None:
