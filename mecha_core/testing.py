@@ -170,8 +170,9 @@ def check_merge_method(method: MergeMethod, *, shape: tuple[int, ...] = (6, 7), 
     given `hypers`, and the context a merge passes. Checked: the result is a floating-point tensor of
     the inputs' shape; no input is modified in place; two calls with one seed agree (merges are
     reproducible); a ``lazy_inputs`` method, given its inputs as :class:`LazyInput` as a merge does,
-    gives the same values when called on plain tensors; an ``elementwise`` method gives the same values on flat chunks as on the whole
-    tensor, which is what that promise lets the scheduler do; and a method declaring ``coefficients``
+    gives the same values when called on plain tensors; an ``elementwise`` method gives the same values
+    on flat chunks as on the whole tensor, which is what that promise lets the scheduler do; and a
+    method declaring ``coefficients``
     gives the linear combination they describe (the scheduler computes that instead of calling it).
     Returns the result; raises AssertionError naming the broken rule.
     """

@@ -237,6 +237,7 @@ def method_json(method: MergeMethod, provider: str) -> dict[str, Any]:
         "hyperparameters": [{"name": h.name, "type": h.type_name(), "default": h.default} for h in method.hypers],
         "returns": "same" if not hasattr(method.returns, "value") else method.returns.value,
         "elementwise": method.elementwise,
+        "lazy_inputs": method.lazy_inputs,
         "plugin": provider,
         "doc": method.doc,
     }
@@ -254,6 +255,8 @@ def run_methods(args: argparse.Namespace) -> int:
         print(data["signature"])
         print(f"  plugin:      {data['plugin']}")
         print(f"  elementwise: {'yes (large tensors are merged in chunks)' if method.elementwise else 'no'}")
+        if method.lazy_inputs:
+            print("  lazy inputs: yes (reads its models range by range, in passes)")
         print()
         print("\n".join(f"  {line}" if line else "" for line in method.doc.splitlines()))
         return 0

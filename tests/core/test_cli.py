@@ -113,7 +113,7 @@ def test_methods_plugins_info_inspect(models, capsys):
     status, out, _ = run(capsys, "methods", "add_difference", "--json")
     data = json.loads(out)
     assert data["signature"] == "add_difference(a: Same, b: Delta, *, alpha: float = 1.0) -> Same"
-    assert data["plugin"] == "'methods'" and data["elementwise"] is True
+    assert data["plugin"] == "'methods'" and data["elementwise"] is True and data["lazy_inputs"] is False
     status, out, _ = run(capsys, "plugins", "--json")
     rows = {row["name"]: row for row in json.loads(out)["plugins"]}
     assert rows["toy"]["provides"] == {"architectures": ["toy"]} and rows["core"]["status"] == "active"

@@ -104,3 +104,10 @@ def test_the_kit_calls_lazy_methods_with_lazy_inputs_and_compares_direct_calls()
 
     with pytest.raises(AssertionError, match="declares lazy_inputs but gives other values when called on tensors"):
         check_merge_method(inconsistent)
+
+
+
+def test_mecha_methods_shows_lazy_inputs():
+    from mecha_core.cli.info_commands import method_json
+    assert method_json(rescaled, "tests")["lazy_inputs"] is True
+    assert method_json(mc.merge_method(lambda a, b: a, name="plain"), "tests")["lazy_inputs"] is False
