@@ -1,20 +1,22 @@
 """The ray executor against the local one, same recipes, same invocation (mecha-ray installed).
 
-    python bench/ray_executor.py                  # generates ~5 GB under bench/data once
+    python bench/ray_executor.py                  # generates ~8.7 GB under bench/data once
     python bench/ray_executor.py --repeat 3
     python bench/ray_executor.py --smoke          # tiny models in a temporary folder: checks it runs
 
-Starts a Ray cluster of this machine (``ray start --head --block --num-cpus 2``: two workers, a
-process of this script's own, stopped at the end without touching other clusters), runs each merge
-with ``--executor local`` and with ``--executor ray --ray-address`` in turns, and checks that both
+Starts a Ray cluster of this machine (``ray start --head --block --num-cpus 2``: one node of 2 CPUs, a
+process of this script's own, stopped at the end without touching other clusters) before any timed
+run, as a user of a cluster has it running, and runs each merge with ``--executor local``, with
+``--ray-address`` of that cluster, and with ``--ray-address local`` (the merge starts a cluster of
+its own and stops it: what a merge pays without a running cluster), in turns; checks that all three
 wrote the same bytes. Scenarios:
 
 - SD1 ``n_average`` of 8 inputs into one file (real-size pruned SD1.5 fp16; the 8 inputs are hard
   links to 2 generated files, to spare disk space; the page cache holds them either way);
-- an LLM ``ties_merge`` of a base and 2 models into a sharded folder (Llama layout, hidden 1024,
-  8 layers, 166 M parameters per model, fp16; shards of 100 MB).
+- an LLM ``ties_merge`` of 2 models of TinyLlama's shapes (bench/llm.py: 1.1 G parameters, fp16,
+  base and one model, density 0.5) into a model folder of 600 MB shards (4 shards).
 
-The figure is the ratio of wall times, ray over local (fastest of ``--repeat`` runs each).
+The figures are the ratios of wall times to the local executor's (fastest of ``--repeat`` runs each).
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from generate import ensure_sd1  # noqa: E402
+from llm import ensure_llamas  # noqa: E402
 from run import hard_links, model_lines, recipe_file  # noqa: E402
 
-def llm_folders(data: Path, hidden: int = 1024, layers: int = 8, mlp: int = 2816, vocab: int = 32000) -> list[Path]:
-    """A base and two Llama-layout folders (one model.safetensors each, and config.json)."""
+
+def tiny_llamas(data: Path, hidden: int = 64, layers: int = 2, mlp: int = 128, vocab: int = 256) -> list[Path]:
+    """Two tiny Llama-layout folders (one model.safetensors each, and config.json), for --smoke."""
     import torch
 
     import mecha_core as mc
@@ -53,7 +57,7 @@ def llm_folders(data: Path, hidden: int = 1024, layers: int = 8, mlp: int = 2816
         shapes[f"model.layers.{i}.input_layernorm.weight"] = (hidden,)
         shapes[f"model.layers.{i}.post_attention_layernorm.weight"] = (hidden,)
     folders = []
-    for seed in range(3):
+    for seed in range(2):
         folder = data / f"llm-{seed}"
         if not (folder / "model.safetensors").exists():
             print(f"generating {folder}", file=sys.stderr)
@@ -150,36 +154,43 @@ def bench(data: Path, repeat: int, *, smoke: bool) -> None:
     two = tiny_sd1(data) if smoke else ensure_sd1(data, 2)
     eight = hard_links(data, "ray-link", two, 8)
     sd1 = recipe_file(data, "ray-eight", model_lines(eight) + ['merge "n_average" ' + " ".join(f"&{i}" for i in range(8))])
-    llm = llm_folders(data, 64, 2, 128, 256) if smoke else llm_folders(data)
-    ties = recipe_file(data, "ray-ties", model_lines(llm) + ['merge "ties_merge" &0 &1 &2 density=0.5'])
-    shard = "40KB" if smoke else "100MB"
+    llm = tiny_llamas(data) if smoke else ensure_llamas(data)
+    ties = recipe_file(data, "ray-ties", model_lines(llm) + ['merge "ties_merge" &0 &1 density=0.5'])
+    shard = "40KB" if smoke else "600MB"
     scenarios = [("SD1 n_average, 8 inputs, one file", sd1, eight, data / "ray-out.safetensors", []),
-                 ("LLM ties_merge, 3 models, folder", ties, llm, data / "ray-out", ["--max-shard-size", shard])]
+                 ("LLM ties_merge, 2 TinyLlama-shaped models, folder", ties, llm, data / "ray-out",
+                  ["--max-shard-size", shard])]
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")  # short: Ray's socket paths must fit
+    started = time.perf_counter()
     head = start_cluster(port, temp_dir)
+    print(f"ray start --head: accepting tasks after {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    runs = {"local": ["--executor", "local"], "ray": ["--ray-address", f"127.0.0.1:{port}"],
+            "ray, own cluster": ["--ray-address", "local"]}
     rows = []
     try:
         for name, recipe, inputs, output, extra in scenarios:
             base = [sys.executable, "-m", "mecha_core", "merge", str(recipe), "-o", str(output) + ("/" if extra else ""),
                     "--quiet", *extra]
-            walls: dict[str, list[float]] = {"local": [], "ray": []}
+            walls: dict[str, list[float]] = {run: [] for run in runs}
             for _ in range(repeat):
-                wall, local_digest = timed(base + ["--executor", "local"], inputs, output)
-                walls["local"].append(wall)
-                wall, ray_digest = timed(base + ["--ray-address", f"127.0.0.1:{port}"], inputs, output)
-                walls["ray"].append(wall)
-                if ray_digest != local_digest:
+                digests = {}
+                for run, options in runs.items():
+                    wall, digests[run] = timed(base + options, inputs, output)
+                    walls[run].append(wall)
+                if len(set(digests.values())) != 1:
                     raise SystemExit(f"{name}: the ray executor wrote other bytes than the local one")
-                print(f"{name}: local {walls['local'][-1]:.1f} s, ray {walls['ray'][-1]:.1f} s (same bytes)",
+                print(f"{name}: " + ", ".join(f"{run} {walls[run][-1]:.1f} s" for run in runs) + " (same bytes)",
                       file=sys.stderr)
-            local, on_ray = min(walls["local"]), min(walls["ray"])
-            rows.append(f"| {name} | {local:.1f} s | {on_ray:.1f} s | {on_ray / local:.2f}x |")
+            best = {run: min(times) for run, times in walls.items()}
+            rows.append(f"| {name} | {best['local']:.1f} s | {best['ray']:.1f} s | {best['ray'] / best['local']:.2f}x "
+                        f"| {best['ray, own cluster']:.1f} s | {best['ray, own cluster'] / best['local']:.2f}x |")
     finally:
         head.terminate()  # its SIGTERM handler stops the cluster's processes
         head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
-    print("| merge | local | ray (2 workers) | ray / local |\n|---|---|---|---|")
+    print("| merge | local | ray (running 2-CPU cluster) | ray / local | ray, own cluster (started by the merge) "
+          "| own / local |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

@@ -43,10 +43,12 @@ class DirectWrites:
     rest through `buffered`.
 
     `buffered(data, offset)` writes a memoryview through the page cache; it also takes every write
-    once the file system has refused direct I/O. :meth:`close` waits for the queued writes and
-    raises the first error the writer met; a write after such an error raises it at once."""
+    once the file system has refused direct I/O, or all of them when `direct` is False (a file that
+    is read back at once). :meth:`close` waits for the queued writes and raises the first error the
+    writer met; a write after such an error raises it at once."""
 
-    def __init__(self, path: str | os.PathLike[str], buffered: Callable[[memoryview, int], None]) -> None:
+    def __init__(self, path: str | os.PathLike[str], buffered: Callable[[memoryview, int], None], *,
+                 direct: bool = True) -> None:
         self._buffered = buffered
         self._fd: int | None = None
         self._refused = False  # set by the writer when the file system rejects direct I/O
@@ -58,7 +60,7 @@ class DirectWrites:
         self._writer: threading.Thread | None = None
         self._filling: dict[int, _Stage] = {}  # by thread: the staging buffer the thread is filling
         flag = getattr(os, "O_DIRECT", 0)
-        if not flag:
+        if not flag or not direct:
             return
         try:
             self._fd = os.open(path, os.O_WRONLY | flag)
@@ -195,6 +197,17 @@ class _Stage:
     @property
     def end(self) -> int:
         return self.start + self.filled
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of `data` at `offset` of the open file `fd` through the page cache (``pwrite`` may
+    write less than asked); raises OSError."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        if written <= 0:
+            raise OSError(errno.EIO, "the file system accepted no bytes")
+        data = data[written:]
+        offset += written
 
 
 def tensor_bytes(tensor: Any) -> memoryview:

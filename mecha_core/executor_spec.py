@@ -27,16 +27,22 @@ Entry = tuple[str, str, tuple[int, ...]]  # tensor name (as the output spells it
 class Part:
     """A piece of the output one worker writes: the keys it computes and the tensors it stores.
 
-    `file_name` is the shard's name in a model folder, or the part's own file for a part of a single
-    file, whose tensors occupy ``[data_start, data_start + data_size)`` of the output's data section.
+    A shard of a model folder is the file `file_name` of the output's temporary folder. A range of a
+    single file (`file_name` empty) is bytes ``[start, end)`` of the output's temporary file, written
+    in place (:mod:`mecha_core.file_ranges`): its `entries` are the tensors overlapping it, each
+    starting at file offset ``offsets[i]``, and the `returned` bytes before `start` (the tensor bytes
+    sharing the header's pages, first range only) are computed too but returned to the driver, which
+    writes them.
     """
 
     index: int
     file_name: str
     keys: tuple[str, ...]
     entries: tuple[Entry, ...]
-    data_start: int
-    data_size: int
+    offsets: tuple[int, ...] = ()
+    start: int = 0
+    end: int = 0
+    returned: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +53,9 @@ class MergeJob:
     the recipe holds in-memory models (only the ``local`` executor runs those). `options` are the
     fields of :class:`~mecha_core.planning.MergeOptions` but the fallback model, the cache and the
     models folders (`layout` naming its model by absolute path, as the recipe text does). `parts` are
-    the shards of a folder output, or one part for a whole single file (:func:`~mecha_core.executors.split`
-    cuts it). `folder` is the temporary folder shards are written into, `metadata` each shard's.
+    the shards of a folder output, or one range for a whole single file (:func:`~mecha_core.executors.split`
+    cuts it). `folder` is the temporary folder shards are written into, `metadata` each shard's;
+    `file` is a single file's temporary file, created by the driver with its header and its full size.
     `key_of` maps an output tensor name to the plan key it comes from, where they differ (a respelled
     key, a save format storing one key as several tensors).
     """
@@ -62,6 +69,7 @@ class MergeJob:
     parts: tuple[Part, ...]
     executor_options: Mapping[str, Any]
     key_of: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    file: str | None = None
     plugins: tuple[str, ...] = ()  # the driver's plugins, which a worker loads too
 
 
@@ -78,20 +86,22 @@ class LiveMerge:
 
 @dataclasses.dataclass(frozen=True)
 class PartResult:
-    """What a worker reports about the part it wrote."""
+    """What a worker reports about the part it wrote: the shard's file, or the range's file, and the
+    size and SHA-256 of the bytes it wrote there (as it read them back); a range's `returned` bytes."""
 
     index: int
     path: str
     size: int
     sha256: str
     notes: tuple[str, ...] = ()
+    returned: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True)
 class Executor:
     """A way to run a merge: ``run(job, live)`` writes every key of the plan into ``live.sink`` (or
-    into parts that it hands to :func:`~mecha_core.executors.assemble`); it returns once everything
-    is written, raising on failure. `summary` is the line ``mecha plugins`` shows."""
+    has parts written that it hands to :func:`~mecha_core.executors.assemble`); it returns once
+    everything is written, raising on failure. `summary` is the line ``mecha plugins`` shows."""
 
     name: str
     summary: str

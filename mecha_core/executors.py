@@ -6,14 +6,16 @@ the merge options, and the output's parts: which keys, which tensors at which of
 open file), and a :class:`LiveMerge` holding this process's plan, sink and output.
 
 The built-in ``local`` executor runs the live plan on a thread pool. An executor that spreads the
-work over other processes or machines hands each of them a :class:`Part` and calls
-:func:`run_part` there: it plans the recipe again (headers only), streams the part's keys exactly as
-the local executor does into a file of its own, and reports the file's size and SHA-256. Back in
-this process, :func:`assemble` checks every part against its report and puts them in the output:
-a shard of a model folder is written in the output's temporary folder and adopted as it is; a part
-of a single file is a separate file whose data is copied into the output's temporary file (never
-one file written by two machines: shared file systems such as NFS lose such writes). The output is
-then committed by the caller as after a local run.
+work over other processes or machines hands each of them some :class:`Part` s and calls
+:func:`run_parts` there: it plans the recipe again (headers only), streams the parts' keys exactly
+as the local executor does and reports the size and SHA-256 of what it wrote. A shard of a model
+folder is a file of its own in the output's temporary folder. A single file is cut into byte
+ranges at page boundaries (:mod:`mecha_core.file_ranges`), each written in place into the output's
+temporary file by one worker, so that no page has two writers (shared file systems such as NFS may
+lose such writes) and the driver never rewrites the output. Back in this process, :func:`assemble`
+checks every part against its report, reading it back from storage, and puts it in the output (a
+shard is adopted; a range is there already, and the bytes sharing the header's pages are written
+by the driver). The output is then committed by the caller as after a local run.
 
 A part gives the same bytes wherever it runs and however the keys are split: the work is
 deterministic, and random methods seed each key from the seed and the key's name.
@@ -21,9 +23,9 @@ deterministic, and random methods seed each key from the seed and the key's name
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import MechaError
 from .executor_spec import Entry, Executor, LiveMerge, MergeJob, Part, PartResult
-from .output_file import OutputFile, make_parts_folder
+from .file_ranges import RangeWriter, cut, range_digest
+from .output_file import OutputFile
+from .scheduler import Sink
 
 if TYPE_CHECKING:
     from .output_folder import OutputFolder
@@ -39,11 +43,8 @@ if TYPE_CHECKING:
     from .plugins import Plugins
     from .recipe import RecipeNode
 
-__all__ = ["Executor", "LiveMerge", "MergeJob", "Part", "PartResult", "assemble", "file_digest", "find_executor",
-           "make_job", "make_parts_folder", "run_part", "split"]
-
-READ_BLOCK = 8 << 20
-
+__all__ = ["Executor", "LiveMerge", "MergeJob", "Part", "PartResult", "assemble", "file_digest",
+           "find_executor", "make_job", "run_parts", "split"]
 
 # executor names a user may ask for before the plugin providing them is installed
 KNOWN_EXECUTORS = {"ray": "mecha-ray"}
@@ -79,21 +80,25 @@ def make_job(plan: MergePlan, output: OutputFile | OutputFolder | None, executor
     options["save_options"] = dict(options["save_options"])
     options["layout"] = _layout_path(plan)
     keys_of = _keys_of_tensors(plan)
+    file = None
     if isinstance(output, OutputFolder):
-        parts = tuple(Part(i, shard.file_name, _keys_for(shard.entries, keys_of), tuple(shard.entries), 0,
-                           shard.data_size) for i, shard in enumerate(output.plan.shards))
+        parts = tuple(Part(i, shard.file_name, _keys_for(shard.entries, keys_of), tuple(shard.entries))
+                      for i, shard in enumerate(output.plan.shards))
         target, folder, metadata = str(output.path), str(output.temporary_folder), dict(output.metadata)
     elif output is not None:
+        header = len(output.header)
         entries = tuple((name, dtype_name, shape) for name, dtype_name, shape, _, _ in output.layout)
-        size = output.layout[-1][4] if output.layout else 0
-        parts = (Part(0, "part-00001.safetensors", _keys_for(entries, keys_of), entries, 0, size),)
+        offsets = tuple(header + start for _, _, _, start, _ in output.layout)
+        whole = Part(0, "", (), entries, offsets, header, output.total_size)
+        parts = (_ranges(whole, header, 1, keys_of)[0],)
         target, folder, metadata = os.path.abspath(output.path), None, {}
+        file = str(output.temporary_path)
     else:
         parts, target, folder, metadata = (), None, None, {}
     return MergeJob(recipe=_portable(recipe, plan), fallback=_portable_fallback(plan),
                     options=options, output=target, folder=folder, metadata=metadata, parts=parts,
                     executor_options=dict(executor_options),
-                    key_of={name: key for name, key in keys_of.items() if name != key},
+                    key_of={name: key for name, key in keys_of.items() if name != key}, file=file,
                     plugins=tuple(name for name, record in get_plugins().records.items()
                                   if record.status.startswith("active") and name != "core"))
 
@@ -153,29 +158,36 @@ def _layout_path(plan: MergePlan) -> str | None:
 
 
 def split(job: MergeJob, count: int) -> list[Part]:
-    """The parts to hand out: a folder's shards, or a single file cut into at most `count` parts of
-    contiguous tensors (by bytes), each written as a file of its own."""
-    if job.folder is not None or len(job.parts) != 1:
+    """The parts to hand out: a folder's shards, or a single file cut into at most `count` byte
+    ranges of about equal size, at page boundaries (:mod:`mecha_core.file_ranges`)."""
+    if job.file is None:
         return list(job.parts)
     whole = job.parts[0]
-    sizes = [_nbytes(entry) for entry in whole.entries]
-    target = max(1, -(-sum(sizes) // max(1, count)))
-    groups: list[list[int]] = [[]]
-    filled = 0
-    for i, size in enumerate(sizes):
-        if groups[-1] and filled + size > target and len(groups) < count:
-            groups.append([])
-            filled = 0
-        groups[-1].append(i)
-        filled += size
-    parts, start = [], whole.data_start
-    for number, group in enumerate(groups):
-        entries = tuple(whole.entries[i] for i in group)
-        size = sum(sizes[i] for i in group)
-        keys = tuple(dict.fromkeys(job.key_of.get(name, name) for name, _, _ in entries))
-        parts.append(Part(number, f"part-{number + 1:05d}.safetensors", keys, entries, start, size))
-        start += size
+    header = whole.start - whole.returned
+    keys_of = {name: job.key_of.get(name, name) for name, _, _ in whole.entries}
+    return _ranges(whole, header, count, keys_of)
+
+
+def _ranges(whole: Part, header: int, count: int, keys_of: Mapping[str, str]) -> list[Part]:
+    """`whole` (every tensor of a file whose header is `header` bytes) cut into ranges, each with the
+    tensors overlapping it and their keys."""
+    parts = []
+    for index, (start, end) in enumerate(cut(header, whole.end, count)):
+        low = header if index == 0 else start
+        held = [i for i, entry in enumerate(whole.entries)
+                if _overlaps(whole.offsets[i], _nbytes(entry), low, end, whole.end)]
+        entries = tuple(whole.entries[i] for i in held)
+        parts.append(Part(index, "", _keys_for(entries, keys_of), entries, tuple(whole.offsets[i] for i in held),
+                          start, end, start - low))
     return parts
+
+
+def _overlaps(offset: int, size: int, low: int, high: int, file_end: int) -> bool:
+    """Whether a tensor at `offset` of `size` bytes has bytes in ``[low, high)`` (an empty one: lies
+    there, or at the file's end for the last range)."""
+    if size:
+        return offset < high and offset + size > low
+    return low <= offset < high or offset == high == file_end
 
 
 def _nbytes(entry: Entry) -> int:
@@ -187,21 +199,23 @@ def _nbytes(entry: Entry) -> int:
 
 
 # a worker's side ----------------------------------------------------------------------------------
-def run_part(job: MergeJob, part: Part, folder: str, *, threads: int = 1) -> PartResult:
-    """Plan the job's recipe again, compute `part`'s keys and write them to ``folder/part.file_name``
-    (a complete safetensors file, renamed into place when written); returns its size and checksum.
+def run_parts(job: MergeJob, parts: Sequence[Part], *, threads: int = 1) -> list[PartResult]:
+    """Plan the job's recipe again, compute the keys of `parts` (in one pass, on one pool of `threads`)
+    and write them: each shard as a complete safetensors file in the job's temporary folder (renamed
+    into place when written), each range in place in the job's temporary file. Returns, per part,
+    the size and SHA-256 of what it wrote, read back.
 
-    Runs in any process that sees the models at the job's paths and `folder`; run twice, it writes
-    the same bytes (so a retried worker replaces its earlier attempt's file with an identical one).
-    Tensors are written under the names the driver planned (its spellings), and a worker whose plan
-    names them otherwise (another version of mecha or of a plugin) refuses to write.
+    Runs in any process that sees the models at the job's paths and the output's folder; run twice,
+    it writes the same bytes (so a retried worker writes over its earlier attempt's with identical
+    ones). Tensors are written under the names the driver planned (its spellings), and a worker
+    whose plan names them otherwise (another version of mecha or of a plugin) refuses to write.
     """
     if job.recipe is None:
         raise MechaError("this executor runs recipes of model files only; the recipe holds in-memory models "
                          "(use the local executor)")
     from .planning import MergeOptions, plan_merge
     from .recipe_format import deserialize
-    from .scheduler import RespelledSink, Sink, run_plan
+    from .scheduler import RespelledSink, run_plan
     plugins = _plugins(job.plugins)
     options = MergeOptions(**{**job.options, "threads": threads},
                            fallback_model=deserialize(job.fallback, plugins=plugins) if job.fallback else None)
@@ -209,28 +223,47 @@ def run_part(job: MergeJob, part: Part, folder: str, *, threads: int = 1) -> Par
     try:
         by_name = {key.name: key for key in plan.keys}
         keys_of = _keys_of_tensors(plan)
-        for name, _, _ in part.entries:
-            if keys_of.get(name) != job.key_of.get(name, name) or keys_of[name] not in by_name:
-                raise MechaError(f"part {part.index + 1}: the recipe planned here does not write {name!r} as the "
-                                 f"driver does; do the workers run the same mecha and plugins, and see the same "
-                                 f"models, as the driver?")
-        plan.keys = [by_name[name] for name in part.keys]
-        wanted = {name for name, _, _ in part.entries}
-        path = Path(folder) / part.file_name
-        with OutputFile(path, part.entries, job.metadata, inputs=plan.input_paths(), part=True) as out:
-
-            class PartSink(Sink):
-                def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
-                    if name in wanted:  # a key's other tensors may belong to the next part
-                        out.write(name, tensor, start_element)
-
-            run_plan(plan, RespelledSink(PartSink(), plan.spellings), threads=threads)
+        for part in parts:
+            for name, _, _ in part.entries:
+                if keys_of.get(name) != job.key_of.get(name, name) or keys_of[name] not in by_name:
+                    raise MechaError(f"part {part.index + 1}: the recipe planned here does not write {name!r} as "
+                                     f"the driver does; do the workers run the same mecha and plugins, and see the "
+                                     f"same models, as the driver?")
+        plan.keys = [by_name[name] for name in dict.fromkeys(key for part in parts for key in part.keys)]
+        with contextlib.ExitStack() as stack:
+            if job.file is not None:
+                writers = [stack.enter_context(contextlib.closing(RangeWriter(job.file, part))) for part in parts]
+                run_plan(plan, RespelledSink(_Fanout(writers), plan.spellings), threads=threads)
+                plan.check_inputs_unchanged()
+                return [PartResult(part.index, job.file, *writer.finish(), tuple(plan.notes), bytes(writer.head))
+                        for part, writer in zip(parts, writers)]
+            assert job.folder is not None
+            # through the page cache: each shard is read back next, from memory
+            shards = [stack.enter_context(OutputFile(Path(job.folder) / part.file_name, part.entries, job.metadata,
+                                                     inputs=plan.input_paths(), part=True, direct=False))
+                      for part in parts]
+            run_plan(plan, RespelledSink(_Fanout(shards), plan.spellings), threads=threads)
             plan.check_inputs_unchanged()
-            out.commit()
-        size, digest = file_digest(path)
-        return PartResult(part.index, str(path), size, digest, tuple(plan.notes))
+            paths = [shard.commit() for shard in shards]
+        return [PartResult(part.index, str(path), *file_digest(path), tuple(plan.notes))
+                for part, path in zip(parts, paths)]
     finally:
         plan.close()
+
+
+class _Fanout(Sink):
+    """Each tensor to the shard holding it, or to every range (each writes its own clip of it)."""
+
+    def __init__(self, outputs: Sequence[OutputFile | RangeWriter]) -> None:
+        self.ranges = [out for out in outputs if isinstance(out, RangeWriter)]
+        self.shards = {name: out for out in outputs if isinstance(out, OutputFile) for name in out.offsets}
+
+    def write(self, name: str, tensor: Any, start_element: int = 0) -> None:
+        shard = self.shards.get(name)
+        if shard is not None:
+            shard.write(name, tensor, start_element)
+        for writer in self.ranges:
+            writer.write(name, tensor, start_element)
 
 
 def _plugins(names: tuple[str, ...]) -> Plugins:
@@ -251,44 +284,48 @@ def _load(names: tuple[str, ...]) -> Plugins:
 
 def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
     """A file's size and SHA-256 (hex)."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(READ_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
+    size = os.path.getsize(path)
+    return size, range_digest(str(path), 0, size)
 
 
 # the driver's side --------------------------------------------------------------------------------
 def assemble(live: LiveMerge, parts: Sequence[Part], results: Sequence[PartResult]) -> None:
-    """Check every part against its worker's report, then put it in the live output: a shard is
-    adopted where it lies, a part of a single file is copied into the output's temporary file.
-    Nothing is committed here; any mismatch raises and the caller's output is aborted."""
+    """Check every part against its worker's report, reading it back from storage, then put it in the
+    live output: a shard is adopted where it lies; a range is in place already, and the bytes it
+    returned (sharing the header's pages) are written here. Nothing is committed here; any mismatch
+    raises and the caller's output is aborted."""
     from .output_folder import OutputFolder
     by_index = {result.index: result for result in results}
     for part in parts:
-        result = by_index.get(part.index)
-        if result is None:
+        if part.index not in by_index:
             raise MechaError(f"part {part.index + 1} of {len(parts)} was not written")
-        size, digest = file_digest(result.path)
+    output = live.output
+    file = str(output.temporary_path) if isinstance(output, OutputFile) else None
+    for part in parts:
+        result = by_index[part.index]
+        size, digest = _stored(part, file or result.path)
         if (size, digest) != (result.size, result.sha256):
-            raise MechaError(f"part {part.index + 1} ({result.path}): {size} bytes with SHA-256 {digest[:12]}..., "
-                             f"but its worker wrote {result.size} bytes with SHA-256 {result.sha256[:12]}...; "
-                             f"is the shared storage consistent on every node?")
+            where = f"bytes {part.start}..{part.end} of {file}" if file else result.path
+            raise MechaError(f"part {part.index + 1} ({where}): {size} bytes with SHA-256 "
+                             f"{digest[:12]}..., but its worker wrote {result.size} bytes with SHA-256 "
+                             f"{result.sha256[:12]}...; is the shared storage consistent on every node?")
+        if len(result.returned) != part.returned:
+            raise MechaError(f"part {part.index + 1} returned {len(result.returned)} bytes, expected {part.returned}")
         for note in result.notes:
             if note not in live.plan.notes:
                 live.plan.notes.append(note)
-    output = live.output
     if isinstance(output, OutputFolder):
         output.adopt_shards([by_index[part.index].path for part in parts])
         return
-    assert output is not None
+    assert isinstance(output, OutputFile)
     for part in parts:
-        path = by_index[part.index].path
-        with open(path, "rb") as handle:
-            header = int.from_bytes(handle.read(8), "little") + 8
-        if os.path.getsize(path) - header != part.data_size:
-            raise MechaError(f"part {part.index + 1} ({path}) holds {os.path.getsize(path) - header} bytes of "
-                             f"tensors, expected {part.data_size}")
-        output.copy_data_from(path, header, part.data_start, part.data_size)
+        if part.returned:
+            output.write_bytes(by_index[part.index].returned, part.start - part.returned)
+
+
+def _stored(part: Part, path: str) -> tuple[int, str]:
+    """The size and SHA-256 of what storage holds of `part`: the shard file at `path`, or its range of
+    the output's temporary file at `path`."""
+    if part.file_name:
+        return file_digest(path)
+    return part.end - part.start, range_digest(path, part.start, part.end)

@@ -21,27 +21,22 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import stat
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from . import dtypes
-from .direct_writes import DirectWrites
+from .direct_writes import DirectWrites, pwrite_all
 from .errors import MechaError
 from .input_guard import FileId, file_id, identities, refuse_writing_over_inputs
 
 TEMP_SUFFIX = ".mecha-tmp"
-PARTS_SUFFIX = ".mecha-parts"  # a folder of the parts other processes write of one output
-COPY_BLOCK = 8 << 20
 READABLE_HEADER_BYTES = 100_000_000  # the safetensors library refuses a longer header (mecha reads up to 100 MiB)
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
-_TEMP_NAME = re.compile(r"\.[^/]*\.([0-9a-f]{8})-([0-9]+)-[0-9a-f]{8}(" + re.escape(TEMP_SUFFIX) + "|"
-                        + re.escape(PARTS_SUFFIX) + ")")
-_Made = TypeVar("_Made")
+_TEMP_NAME = re.compile(r"\.[^/]*\.([0-9a-f]{8})-([0-9]+)-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
 _committed: list[Path] = []  # every output renamed into place by this process, in order
 
 
@@ -75,10 +70,11 @@ class OutputFile:
 
     def __init__(self, path: str | os.PathLike[str], entries: Iterable[tuple[str, str, tuple[int, ...]]],
                  metadata: Mapping[str, str], *, inputs: Iterable[str | os.PathLike[str]] = (),
-                 part: bool = False) -> None:
+                 part: bool = False, direct: bool = True) -> None:
         _check_name(Path(path))
         self.path = _target(Path(path))
         self.part = part  # a piece of a larger output (a shard): written only when the whole is
+        self.direct = direct  # whole blocks past the page cache where the system allows it
         self.layout = plan_layout(entries)
         self.offsets = {name: (start, dtype_name) for name, dtype_name, _, start, _ in self.layout}
         self.header = encode_header(self.layout, metadata)
@@ -100,7 +96,7 @@ class OutputFile:
             self._temp_id = file_id(os.fstat(self._fd))
             self._reserve()
             self._pwrite(memoryview(self.header), 0)
-            self._direct = DirectWrites(self._temp, self._write_buffered)
+            self._direct = DirectWrites(self._temp, self._write_buffered, direct=self.direct)
         except BaseException:
             self.abort()
             raise
@@ -138,21 +134,18 @@ class OutputFile:
         except OSError as error:
             raise self._write_error(error) from None
 
-    def copy_data_from(self, source: str | os.PathLike[str], source_offset: int, data_offset: int, length: int) -> None:
-        """Copy `length` bytes of another file, from `source_offset`, to `data_offset` of the data
-        section: an executor joining parts of this file that other machines wrote as files of their own."""
-        if self._fd is None or self._direct is None:
-            raise MechaError(f"{self.path}: the output was closed")
-        try:
-            fd = os.open(source, os.O_RDONLY)
-        except OSError as error:
-            raise MechaError(f"cannot read the part {str(source)!r}: {error.strerror}") from None
-        try:
-            _copy_range(fd, self._fd, source_offset, len(self.header) + data_offset, length)
-        except OSError as error:
-            raise self._write_error(error) from None
-        finally:
-            os.close(fd)
+    @property
+    def temporary_path(self) -> Path:
+        """The temporary file being written (entered; renamed over :attr:`path` by :meth:`commit`): an
+        executor's workers write their ranges of it in place."""
+        if self._temp is None:
+            raise MechaError(f"{self.path}: the output is not being written")
+        return Path(os.path.abspath(self._temp))
+
+    def write_bytes(self, data: bytes, offset: int) -> None:
+        """Write raw bytes at file `offset`: an executor's, for the tensor bytes sharing the header's
+        pages, which its workers leave to this process (:mod:`mecha_core.file_ranges`)."""
+        self._write_buffered(memoryview(data), offset)
 
     def _write_buffered(self, data: memoryview, offset: int) -> None:
         # one buffered write at a time: the kernel serialises them on the file anyway (the inode
@@ -164,15 +157,10 @@ class OutputFile:
     def _pwrite(self, data: memoryview, offset: int) -> None:
         if self._fd is None:
             raise MechaError(f"{self.path}: the output was closed")
-        while data:
-            try:
-                written = os.pwrite(self._fd, data, offset)
-            except OSError as error:
-                raise self._write_error(error) from None
-            if written <= 0:
-                raise MechaError(f"cannot write {str(self.path)!r}: the file system accepted no bytes")
-            data = data[written:]
-            offset += written
+        try:
+            pwrite_all(self._fd, data, offset)
+        except OSError as error:
+            raise self._write_error(error) from None
 
     def _write_error(self, error: OSError) -> MechaError:
         if error.errno == errno.ENOSPC:
@@ -225,27 +213,6 @@ class OutputFile:
             self.abort()
 
 
-def _copy_range(source: int, target: int, source_offset: int, target_offset: int, length: int) -> None:
-    """Copy bytes between two open files: ``os.copy_file_range`` (in the kernel, or on the file
-    server for NFS 4.2), else read and write where the file systems cannot."""
-    while length > 0:
-        try:
-            copied = os.copy_file_range(source, target, min(length, 1 << 30), source_offset, target_offset)
-        except (AttributeError, OSError) as error:
-            if isinstance(error, OSError) and error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
-                                                                  errno.EOPNOTSUPP, errno.EBADF):
-                raise
-            copied = 0
-        if copied <= 0:
-            block = os.pread(source, min(length, COPY_BLOCK), source_offset)
-            if not block:
-                raise MechaError("a part file ended early while it was being joined")
-            copied = os.pwrite(target, block, target_offset)
-        source_offset += copied
-        target_offset += copied
-        length -= copied
-
-
 def _target(path: Path) -> Path:
     """The file a write to `path` lands in: through a symlink to its target, so the link survives."""
     return Path(os.path.realpath(path)) if path.is_symlink() else path
@@ -280,9 +247,9 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def _temp_name(path: Path, suffix: str = TEMP_SUFFIX) -> str:
+def _temp_name(path: Path) -> str:
     """``.NAME.HOST-PID-RANDOM.mecha-tmp``, NAME cut short so the whole fits the file system's name limit."""
-    tag = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+    tag = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
     room = _name_max(path.parent) - 1 - len(tag)
     name = os.fsencode(path.name)[:max(room, 1)].decode("utf-8", "ignore") or "out"
     return "." + name + tag
@@ -290,40 +257,22 @@ def _temp_name(path: Path, suffix: str = TEMP_SUFFIX) -> str:
 
 def _make_temp(path: Path) -> tuple[int, Path]:
     """A new temporary file next to `path` (same file system, so the final rename is atomic)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    return _create_beside(path, TEMP_SUFFIX, lambda temp: (os.open(temp, flags, 0o600), temp), "file")
-
-
-def make_parts_folder(path: str | os.PathLike[str]) -> Path:
-    """A new folder next to the output `path` for the parts of it that other processes write (an
-    executor's workers), named like a temporary file (``.NAME.HOST-PID-RANDOM.mecha-parts``) so that
-    :func:`remove_stale_temporaries` removes it once this process is gone, even after a SIGKILL."""
-    def make(folder: Path) -> Path:
-        folder.mkdir(mode=0o700)
-        return folder
-
-    return _create_beside(_target(Path(path)), PARTS_SUFFIX, make, "folder")
-
-
-def _create_beside(path: Path, suffix: str, create: Callable[[Path], _Made], what: str) -> _Made:
-    """`create` (which fails on an existing name) under a fresh temporary name next to `path`, once the
-    stale temporaries of dead writers there are removed."""
     remove_stale_temporaries(path.parent)
     for _ in range(100):
+        temp = path.parent / _temp_name(path)
         try:
-            return create(path.parent / _temp_name(path, suffix))
+            return os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), temp
         except FileExistsError:
             continue
         except OSError as error:
-            raise MechaError(f"cannot create a {what} in {str(path.parent)!r}: {error.strerror}") from None
-    raise MechaError(f"cannot create a {what} in {str(path.parent)!r}: every temporary name tried exists")
+            raise MechaError(f"cannot create a file in {str(path.parent)!r}: {error.strerror}") from None
+    raise MechaError(f"cannot create a file in {str(path.parent)!r}: every temporary name tried exists")
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporary files (and parts folders) that writers of this host, now gone, left in
-    `folder` (killed by SIGKILL, a power cut...). Only regular files (folders for parts) of ours by
-    name and owner, whose writer process no longer exists, are removed; a folder that cannot be
-    listed is left alone. Returns what was removed."""
+    """Remove the temporary files that writers of this host, now gone, left in `folder` (killed by
+    SIGKILL, a power cut...). Only regular files of ours by name and owner, whose writer process no
+    longer exists, are removed; a folder that cannot be listed is left alone. Returns what was removed."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -335,15 +284,9 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             continue
         try:
             status = entry.stat(follow_symlinks=False)
-            if status.st_uid != getattr(os, "getuid", lambda: status.st_uid)():
-                continue
-            if match.group(3) == TEMP_SUFFIX and stat.S_ISREG(status.st_mode):
+            if stat.S_ISREG(status.st_mode) and status.st_uid == getattr(os, "getuid", lambda: status.st_uid)():
                 os.unlink(entry.path)
-            elif match.group(3) == PARTS_SUFFIX and stat.S_ISDIR(status.st_mode):
-                shutil.rmtree(entry.path)
-            else:
-                continue
-            removed.append(Path(entry.path))
+                removed.append(Path(entry.path))
         except OSError:
             continue
     return removed

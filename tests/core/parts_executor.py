@@ -1,5 +1,5 @@
 """An executor running every part of a merge in this process, one after the other: what a cluster's
-executor does (split, run_part, assemble), without the cluster. Used by the core's and the
+executor does (split, run_parts, assemble), without the cluster. Used by the core's and the
 architectures' tests to compare its bytes with the local executor's."""
 
 from __future__ import annotations
@@ -20,12 +20,6 @@ class InProcessParts:
         return [mc.Executor("parts", "every part in turn, in this process", self.run)]
 
     def run(self, job, live):
-        import shutil
         self.jobs.append(job)
         parts = executors.split(job, self.count)
-        folder = job.folder or executors.make_parts_folder(job.output)
-        try:
-            executors.assemble(live, parts, [executors.run_part(job, part, str(folder)) for part in parts])
-        finally:
-            if job.folder is None:
-                shutil.rmtree(folder)
+        executors.assemble(live, parts, [result for part in parts for result in executors.run_parts(job, [part])])

@@ -1,12 +1,11 @@
 """The executor hook: ``local`` built in, choosing one by name, and the parts an executor hands out
-(run here one after the other) giving the same bytes as the local executor, for any split."""
+(run here one after the other) giving the same bytes as the local executor, for any split: a single
+file's ranges cover it after the header's pages, cut at 64 KiB boundaries, tensors straddling them."""
 
 from __future__ import annotations
 
+import json
 import pickle
-import signal
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -20,6 +19,17 @@ from .parts_executor import InProcessParts
 from .sharding import write_sharded
 
 NAMES = list(TOY_KEYS)
+UNIT = 64 << 10  # where a single file may be cut: a whole number of pages of any size (4, 16, 64 KiB)
+# float32 tensors of 58-87 KB, none a whole number of 4 KiB pages: 1.2 MB in all
+WIDE_SHAPES = {f"w.{i}": (97, 150 + 5 * i) for i in range(16)}
+
+
+def wide_keys():
+    for name, shape in WIDE_SHAPES.items():
+        yield mc.KeySpec(name, shape, "float32", "body", ("b0",), "linear", merged=True)
+
+
+WIDE = mc.Architecture("wide", (mc.Component("body", ("b0",)),), wide_keys, summary="larger tensors for the tests")
 
 
 def snapshot(folder):
@@ -37,6 +47,10 @@ class RandomPlugin:
     def mecha_merge_methods(self):
         return [random_mix]
 
+    @mc.hookimpl
+    def mecha_architectures(self):
+        return [WIDE]
+
 
 @pytest.fixture
 def models(tmp_path):
@@ -44,6 +58,24 @@ def models(tmp_path):
     for name, tensors in (("a", a), ("b", b), ("c", c)):
         mc.save_tensors(tensors, tmp_path / f"{name}.safetensors")
     return tmp_path
+
+
+@pytest.fixture
+def wide(tmp_path):
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        generator = torch.Generator().manual_seed(seed)
+        mc.save_tensors({key: torch.randn(shape, generator=generator) for key, shape in WIDE_SHAPES.items()},
+                        tmp_path / f"{name}.safetensors")
+    return tmp_path
+
+
+def header_and_tensors(path):
+    """The header's size and each tensor's bytes [start, end) in the file, read from the file."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    return 8 + size, {name: (8 + size + entry["data_offsets"][0], 8 + size + entry["data_offsets"][1])
+                      for name, entry in header.items() if name != "__metadata__"}
 
 
 @pytest.fixture
@@ -89,21 +121,35 @@ def test_the_cli_takes_an_executor_and_the_config_file_one(plugins, models, mech
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 100])
-def test_parts_of_a_single_file_give_the_local_bytes_with_a_random_method(plugins, models, count):
-    mc.merge(recipe(models), models / "local.safetensors")
+def test_ranges_of_a_single_file_give_the_local_bytes_with_a_random_method(plugins, wide, count):
+    mc.merge(recipe(wide), wide / "local.safetensors")
     executor = InProcessParts(count)
     plugins.register(executor, "parts")
-    mc.merge(recipe(models), models / "parts.safetensors", executor="parts", save_dtype="float32")
-    mc.merge(recipe(models), models / "local32.safetensors", save_dtype="float32")
-    mc.merge(recipe(models), models / "parts16.safetensors", executor="parts")
-    assert (models / "parts.safetensors").read_bytes() == (models / "local32.safetensors").read_bytes()
-    assert (models / "parts16.safetensors").read_bytes() == (models / "local.safetensors").read_bytes()
+    mc.merge(recipe(wide), wide / "parts.safetensors", executor="parts", save_dtype="float32")
+    mc.merge(recipe(wide), wide / "local32.safetensors", save_dtype="float32")
+    mc.merge(recipe(wide), wide / "parts16.safetensors", executor="parts")
+    assert (wide / "parts.safetensors").read_bytes() == (wide / "local32.safetensors").read_bytes()
+    assert (wide / "parts16.safetensors").read_bytes() == (wide / "local.safetensors").read_bytes()
+    assert sorted(p.name for p in wide.iterdir()) == ["a.safetensors", "b.safetensors", "c.safetensors",
+                                                       "local.safetensors", "local32.safetensors",
+                                                       "parts.safetensors", "parts16.safetensors"]
+    # the ranges: from the end of the header's last unit (the driver's) to the file's end, each
+    # starting where the last ended, every cut on a unit; the first returns the data before it
+    header, tensors = header_and_tensors(wide / "parts.safetensors")
+    total = (wide / "parts.safetensors").stat().st_size
     parts = executors.split(executor.jobs[0], count)
-    assert len(parts) == min(count, len(NAMES))
-    assert sum(part.data_size for part in parts) == executor.jobs[0].parts[0].data_size
-    assert sorted(p.name for p in models.iterdir()) == ["a.safetensors", "b.safetensors", "c.safetensors",
-                                                         "local.safetensors", "local32.safetensors",
-                                                         "parts.safetensors", "parts16.safetensors"]
+    first = -(-header // UNIT) * UNIT
+    assert (parts[0].start, parts[0].returned, parts[-1].end) == (first, first - header, total)
+    assert [part.start for part in parts[1:]] == [part.end for part in parts[:-1]]
+    assert all(part.start % UNIT == 0 and part.start < part.end for part in parts)
+    assert len(parts) == (count if count < 100 else -(-(total - first) // UNIT))
+    for part in parts:  # a range holds exactly the tensors with bytes in it (its returned bytes too)
+        low = part.start - part.returned
+        assert sorted(part.entries) == sorted(e for e in executor.jobs[0].parts[0].entries
+                                              if tensors[e[0]][0] < part.end and tensors[e[0]][1] > low)
+        assert list(part.offsets) == [tensors[name][0] for name, _, _ in part.entries]
+    straddling = [name for name, (start, end) in tensors.items() for part in parts[1:] if start < part.start < end]
+    assert len(straddling) == len(parts) - 1  # no tensor is a whole number of pages: each cut splits one
 
 
 def test_a_job_is_small_picklable_data_naming_models_by_absolute_path(plugins, models, monkeypatch):
@@ -131,33 +177,19 @@ def test_shards_of_a_folder_are_written_by_parts_and_match_the_local_folder(plug
     assert len(local) > 3 and snapshot(tmp_path / "parts") == local
 
 
-def test_a_part_that_does_not_match_its_report_is_refused_and_nothing_is_written(plugins, models, monkeypatch):
-    real = executors.run_part
+def test_a_part_that_does_not_match_its_report_is_refused_and_nothing_is_written(plugins, wide, monkeypatch):
+    real = executors.run_parts
 
-    def corrupted(job, part, folder, **kwargs):
-        result = real(job, part, folder, **kwargs)
-        with open(result.path, "r+b") as handle:
+    def corrupted(job, parts, **kwargs):
+        results = real(job, parts, **kwargs)
+        with open(results[-1].path, "r+b") as handle:
             handle.seek(-1, 2)
             handle.write(b"\x7f")
-        return result
+        return results
 
-    monkeypatch.setattr(executors, "run_part", corrupted)
+    monkeypatch.setattr(executors, "run_parts", corrupted)
     plugins.register(InProcessParts(2), "parts")
-    (models / "out.safetensors").write_bytes(b"previous")
-    with pytest.raises(mc.MechaError, match="SHA-256"):
-        mc.merge(recipe(models), models / "out.safetensors", executor="parts")
-    assert (models / "out.safetensors").read_bytes() == b"previous"
-
-
-def test_a_killed_drivers_parts_folder_goes_with_the_next_write_there_and_a_live_ones_stays(plugins, models):
-    script = ("import os, signal\nfrom mecha_core import executors\n"
-              "folder = executors.make_parts_folder('out.safetensors')\n"
-              "(folder / 'part-00001.safetensors').write_bytes(b'half a part')\n"
-              "os.kill(os.getpid(), signal.SIGKILL)\n")
-    killed = subprocess.run([sys.executable, "-c", script], cwd=models, check=False)
-    assert killed.returncode == -signal.SIGKILL
-    left = [p for p in models.iterdir() if p.name.endswith(".mecha-parts")]
-    assert len(left) == 1 and left[0].name.startswith(".out.safetensors.")
-    live = executors.make_parts_folder(models / "other.safetensors")  # this process's: still in use
-    mc.merge(recipe(models), models / "out.safetensors")
-    assert not left[0].exists() and live.is_dir()
+    (wide / "out.safetensors").write_bytes(b"previous")
+    with pytest.raises(mc.MechaError, match=r"part 2 \(bytes .* of .*\.mecha-tmp\).*SHA-256"):
+        mc.merge(recipe(wide), wide / "out.safetensors", executor="parts")
+    assert (wide / "out.safetensors").read_bytes() == b"previous"

@@ -147,7 +147,7 @@ def test_hook_mecha_executors(mecha_plugins, mecha_cli, tmp_path):
         (tmp_path / executor).mkdir()
         mecha.merge(lerp(a, b, alpha=0.25), tmp_path / executor / "out.safetensors", executor=executor)
     assert (tmp_path / "in_turn" / "out.safetensors").read_bytes() == (tmp_path / "local" / "out.safetensors").read_bytes()
-    assert [p.name for p in (tmp_path / "in_turn").iterdir()] == ["out.safetensors"]  # no parts folder left
+    assert [p.name for p in (tmp_path / "in_turn").iterdir()] == ["out.safetensors"]  # no temporary file left
 
 
 # meta-tests ------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The ray executor on a local cluster: the local executor's bytes for a single file (a FLUX.1 one
-respelled by its layout model too) and a model folder, a worker dying mid-task retried, a task failing
-for good or Ctrl-C on the driver leaving the previous output and nothing else."""
+"""The ray executor on a local cluster: the local executor's bytes for a single file (its ranges
+covering it, cut at 64 KiB boundaries through tensors; a FLUX.1 one respelled by its layout model too)
+and a model folder, a worker dying mid-task retried, a task failing for good or Ctrl-C on the driver
+leaving the previous output and nothing else."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import mecha_core as mc
+from mecha_core import executors
 from mecha_core.testing import tiny_model, write_model
 from mecha_flux.flux import FLUX
 
@@ -30,13 +32,28 @@ def dare(paths):
     return mc.dare(*(mc.model(str(p)) for p in paths), density=0.5, seed=3)
 
 
-def test_a_single_file_is_byte_identical_to_the_local_executor(plugins, sd1_models, tmp_path):
+def test_a_single_file_is_byte_identical_to_the_local_executor(plugins, sd1_models, tmp_path, monkeypatch):
+    cuts = []
+    real_split = executors.split
+    monkeypatch.setattr(executors, "split", lambda job, count: cuts.append(real_split(job, count)) or cuts[-1])
     (tmp_path / "local").mkdir()
     (tmp_path / "ray").mkdir()  # one output name in both (the name is stored in the output, as its title)
     mc.merge(dare(sd1_models), tmp_path / "local" / "out.safetensors")
     mc.merge(dare(sd1_models), tmp_path / "ray" / "out.safetensors", executor="ray", executor_options={"parts": 3})
-    assert (tmp_path / "ray" / "out.safetensors").read_bytes() == (tmp_path / "local" / "out.safetensors").read_bytes()
-    assert [p.name for p in (tmp_path / "ray").iterdir()] == ["out.safetensors"]  # no parts folder left
+    written = (tmp_path / "ray" / "out.safetensors").read_bytes()
+    assert written == (tmp_path / "local" / "out.safetensors").read_bytes()
+    assert [p.name for p in (tmp_path / "ray").iterdir()] == ["out.safetensors"]  # no temporary file left
+    # three ranges of the file after the header's 64 KiB units, cut on 64 KiB, each through a tensor
+    header = 8 + int.from_bytes(written[:8], "little")
+    spans = [(header + entry["data_offsets"][0], header + entry["data_offsets"][1])
+             for name, entry in json.loads(written[8:header]).items() if name != "__metadata__"]
+    (parts,) = cuts
+    first = -(-header // 65536) * 65536
+    assert [(part.start - part.returned, part.end) for part in parts][0] == (header, parts[1].start)
+    assert parts[0].start == first and [part.end for part in parts][-1] == len(written) and len(parts) == 3
+    assert [part.start for part in parts[1:]] == [part.end for part in parts[:-1]]
+    assert all(part.start % 65536 == 0 for part in parts)
+    assert all(any(start < part.start < end for start, end in spans) for part in parts[1:])
 
 
 def test_a_sharded_llm_folder_is_byte_identical_to_the_local_executor(plugins, tmp_path):
