@@ -7,7 +7,7 @@ from typing import Any
 
 from mecha_core import LazyInput, Same, merge_method
 
-from .tensor_ops import Tensor, computable, per_model
+from .tensor_ops import CHUNK, Tensor, computable, linear_combination, per_model
 
 
 @merge_method(lazy_inputs=True)
@@ -25,13 +25,14 @@ def slerp(a: Same, b: Same, *, alpha: float = 0.5) -> Same:
     squares_a, squares_b, dot = _sums(a, b)
     norm_a, norm_b = math.sqrt(squares_a), math.sqrt(squares_b)
     if not (norm_a > 1e-12 and norm_b > 1e-12):
-        return _combination(a, b, 1 - alpha, alpha)
+        return linear_combination((a, b), (1 - alpha, alpha))
     omega = math.acos(min(max(dot / (norm_a * norm_b), -1.0), 1.0))
     sine = math.sin(omega)
     if not abs(sine) > 1e-6:
-        return _combination(a, b, 1 - alpha, alpha)
+        return linear_combination((a, b), (1 - alpha, alpha))
     scale = (norm_a + alpha * (norm_b - norm_a)) / sine
-    return _combination(a, b, math.sin((1 - alpha) * omega) * scale / norm_a, math.sin(alpha * omega) * scale / norm_b)
+    return linear_combination((a, b), (math.sin((1 - alpha) * omega) * scale / norm_a,
+                                       math.sin(alpha * omega) * scale / norm_b))
 
 
 @merge_method(lazy_inputs=True)
@@ -75,21 +76,19 @@ def nuslerp(a: Same, b: Same, *, weight: tuple[float, ...] = 1.0, nuslerp_flatte
     return result.reshape(a.shape).to(a.dtype)
 
 
-_CHUNK = 1 << 18  # elements: the float32 temporaries of a chunk stay in the cache (1 MiB each)
-
-
 def _slerp_whole(a: LazyInput, b: LazyInput, t: float) -> Tensor:
     """nuslerp over the whole flattened tensors: the norms and the angle first (:func:`_sums`), then
-    the result as one combination of the two (:func:`_combination`)."""
+    the result as one combination of the two (:func:`linear_combination`)."""
     import math
 
     squares_a, squares_b, dot = _sums(a, b)
     norm_a, norm_b = max(math.sqrt(squares_a), 1e-7), max(math.sqrt(squares_b), 1e-7)
     cosine = min(max(dot / (norm_a * norm_b), -1.0), 1.0)
     if 1 - cosine * cosine <= 1e-16:
-        return _combination(a, b, 1 - t, t)
+        return linear_combination((a, b), (1 - t, t))
     omega = math.acos(cosine)
-    return _combination(a, b, math.sin((1 - t) * omega) / math.sin(omega), math.sin(t * omega) / math.sin(omega))
+    return linear_combination((a, b), (math.sin((1 - t) * omega) / math.sin(omega),
+                                       math.sin(t * omega) / math.sin(omega)))
 
 
 def _sums(a: LazyInput, b: LazyInput) -> tuple[float, float, float]:
@@ -99,30 +98,13 @@ def _sums(a: LazyInput, b: LazyInput) -> tuple[float, float, float]:
     import torch
 
     squares_a = squares_b = dot = 0.0
-    for start in range(0, a.numel(), _CHUNK):
-        stop = min(start + _CHUNK, a.numel())
+    for start in range(0, a.numel(), CHUNK):
+        stop = min(start + CHUNK, a.numel())
         x, y = computable(a.flat(start, stop)), computable(b.flat(start, stop))
         squares_a += float(torch.sum(x * x, dtype=torch.float64))
         squares_b += float(torch.sum(y * y, dtype=torch.float64))
         dot += float(torch.sum(x * y, dtype=torch.float64))
     return squares_a, squares_b, dot
-
-
-def _combination(a: LazyInput, b: LazyInput, coefficient_a: float, coefficient_b: float) -> Tensor:
-    """coefficient_a a + coefficient_b b in a's dtype and shape, computed a chunk at a time (in float32
-    for fp16/bf16), so memory holds the result and one chunk's temporaries."""
-    import torch
-
-    count = a.numel()
-    result = None
-    for start in range(0, max(count, 1), _CHUNK):
-        stop = min(start + _CHUNK, count)
-        chunk_a = a.flat(start, stop)
-        if result is None:
-            result = torch.empty(count, dtype=chunk_a.dtype, device=chunk_a.device)
-        result[start:stop] = computable(chunk_a).mul(coefficient_a).add_(b.flat(start, stop), alpha=coefficient_b)
-    assert result is not None
-    return result.reshape(a.shape)
 
 
 @merge_method

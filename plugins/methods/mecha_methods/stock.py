@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mecha_core import Delta, Same, Weight, merge_method
+from mecha_core import Delta, LazyInput, Same, Weight, merge_method
 
-from .tensor_ops import Tensor, computable, row_cosines
+from .tensor_ops import CHUNK, Tensor, computable, linear_combination, row_cosines
 
 
 def stock_ratio(deltas: Sequence[Tensor], cos_eps: float) -> Tensor:
@@ -45,7 +45,7 @@ def model_stock_for_tensor(*models: Delta, cos_eps: float = 1e-6) -> Delta:
     return (mean * stock_ratio(models, cos_eps)).to(models[0].dtype)
 
 
-@merge_method
+@merge_method(lazy_inputs=True)
 def model_stock(base: Weight, a: Weight, b: Weight, *models: Weight, filter_wise: bool = False) -> Weight:
     """mergekit's Model Stock: base + t (mean of the models - base), from a base and at least 2 models.
 
@@ -55,22 +55,52 @@ def model_stock(base: Weight, a: Weight, b: Weight, *models: Weight, filter_wise
     t mean(m_i) + (1 - t) base; where the denominator is within 1e-6 of 0, t is 0 (the base), as in
     mergekit 0.1.5.
     """
+    import math
+
+    base = LazyInput.of(base)
+    others = [LazyInput.of(model) for model in (a, b, *models)]
+    count = len(others)
+    if filter_wise and len(base.shape) > 0:
+        return _model_stock_rows(base.whole(), [model.whole() for model in others])
+    gram = _delta_gram(base, others)
+    pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
+    cosine = sum(gram[i][j] / max(math.sqrt(gram[i][i] * gram[j][j]), 1e-6) for i, j in pairs) / len(pairs)
+    cosine = min(max(cosine, -1.0), 1.0)
+    denominator = 1 + (count - 1) * cosine
+    ratio = 0.0 if abs(denominator) < 1e-6 else count * cosine / denominator
+    return linear_combination([base, *others], [1 - ratio] + [ratio / count] * count)
+
+
+def _delta_gram(base: LazyInput, models: Sequence[LazyInput]) -> list[list[float]]:
+    """The dot products <d_i, d_j> (i <= j) of the task vectors d_i = m_i - base, read a chunk at a time
+    and summed in float64: the whole-tensor cosines without a copy of any task vector."""
     import torch
 
-    others = (a, b, *models)
-    count = len(others)
-    deltas = [computable(m) - computable(base) for m in others]
-    per_row = filter_wise and base.dim() > 0
-    vectors = deltas if per_row else [d.reshape(1, -1) for d in deltas]
-    total = vectors[0].new_zeros((*vectors[0].shape[:-1], 1))
+    count = len(models)
+    gram = [[0.0] * count for _ in range(count)]
+    for start in range(0, base.numel(), CHUNK):
+        stop = min(start + CHUNK, base.numel())
+        origin = computable(base.flat(start, stop))
+        deltas = [computable(model.flat(start, stop)) - origin for model in models]
+        for i in range(count):
+            for j in range(i, count):
+                gram[i][j] += float(torch.sum(deltas[i] * deltas[j], dtype=torch.float64))
+    return gram
+
+
+def _model_stock_rows(base: Tensor, models: Sequence[Tensor]) -> Tensor:
+    """filter_wise Model Stock: one t per row (last dimension), from the whole tensors."""
+    import torch
+
+    count = len(models)
+    deltas = [computable(m) - computable(base) for m in models]
+    total = deltas[0].new_zeros((*deltas[0].shape[:-1], 1))
     for i in range(count):
         for j in range(i + 1, count):
-            total += row_cosines(vectors[i], vectors[j], 1e-6)
+            total += row_cosines(deltas[i], deltas[j], 1e-6)
     cosine = (total / (count * (count - 1) / 2)).clamp(-1.0, 1.0)
     denominator = 1 + (count - 1) * cosine
     ratio = torch.where(denominator.abs() < 1e-6, torch.zeros_like(cosine), count * cosine / denominator)
-    if not per_row:
-        ratio = ratio.reshape(())
     mean_delta = sum(deltas[1:], deltas[0]) / count
     return (computable(base) + ratio * mean_delta).to(base.dtype)
 

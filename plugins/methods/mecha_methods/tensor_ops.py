@@ -6,7 +6,10 @@ so that importing the plugin (e.g. for ``mecha --help``) stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from mecha_core import LazyInput
 
 Tensor = Any  # torch.Tensor, without importing torch at module import
 
@@ -62,3 +65,26 @@ def per_model(value: Any, count: int) -> tuple[float, ...]:
     if isinstance(value, (tuple, list)):
         return tuple(value)
     return (value,) * count
+
+
+CHUNK = 1 << 18  # elements a lazy method reads at a time: its float32 temporaries stay in the cache (1 MiB each)
+
+
+def linear_combination(inputs: Sequence[LazyInput], coefficients: Sequence[float]) -> Tensor:
+    """sum(c_i x_i) in the first input's dtype and shape, computed a chunk at a time (in float32 for
+    fp16/bf16 inputs), so memory holds the result and one chunk's temporaries."""
+    import torch
+
+    count = inputs[0].numel()
+    result = None
+    for start in range(0, max(count, 1), CHUNK):
+        stop = min(start + CHUNK, count)
+        first = inputs[0].flat(start, stop)
+        if result is None:
+            result = torch.empty(count, dtype=first.dtype, device=first.device)
+        total = computable(first).mul(coefficients[0])
+        for lazy, coefficient in zip(inputs[1:], coefficients[1:]):
+            total.add_(lazy.flat(start, stop), alpha=coefficient)
+        result[start:stop] = total
+    assert result is not None
+    return result.reshape(inputs[0].shape)
