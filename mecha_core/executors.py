@@ -283,7 +283,8 @@ def _load(names: tuple[str, ...]) -> Plugins:
 
 
 def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
-    """A file's size and SHA-256 (hex)."""
+    """A file's size and digest (:func:`~mecha_core.file_ranges.range_digest` of all of it: the SHA-256
+    of its blocks' SHA-256s, hex)."""
     size = os.path.getsize(path)
     return size, range_digest(str(path), 0, size)
 

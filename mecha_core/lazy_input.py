@@ -17,17 +17,19 @@ from typing import Any
 
 
 class LazyInput:
-    """One input of a ``lazy_inputs`` method: its shape and dtype, and its values range by range.
+    """One input of a ``lazy_inputs`` method: its shape, dtype and device, and its values range by range.
 
     Values come in the dtype the method would have received the whole tensor in (the work dtype, on
-    the method's device). A model's range is read from its file on each call; a computed value is
+    the method's device: `dtype` and `device` say which, so that a result can be allocated before
+    anything is read). A model's range is read from its file on each call; a computed value is
     sliced. Treat what :meth:`flat` returns as read-only: it may be a view of a value other methods
     share.
     """
 
-    def __init__(self, shape: tuple[int, ...], dtype: Any, read: Callable[[int, int], Any]) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: Any, device: Any, read: Callable[[int, int], Any]) -> None:
         self.shape = tuple(shape)
         self.dtype = dtype
+        self.device = device
         self._read = read
 
     @classmethod
@@ -37,7 +39,7 @@ class LazyInput:
         if isinstance(value, LazyInput):
             return value
         flat = value.reshape(-1)
-        return cls(tuple(value.shape), value.dtype, lambda start, stop: flat[start:stop])
+        return cls(tuple(value.shape), value.dtype, value.device, lambda start, stop: flat[start:stop])
 
     def numel(self) -> int:
         return math.prod(self.shape)

@@ -312,7 +312,7 @@ class KeyRunner:
         def read(start: int, stop: int) -> Any:
             return dtypes.widen(source.read_flat(name, start, stop).to(device=device), work)
 
-        return LazyInput(tuple(source.info(name).shape), work, read)
+        return LazyInput(tuple(source.info(name).shape), work, self.torch.device(device), read)
 
     def _release(self, op: Op, memo: dict[int, Any], remaining: dict[int, int]) -> None:
         for child in op.inputs:

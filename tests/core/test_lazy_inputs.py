@@ -25,7 +25,7 @@ def rescaled(a: mc.Same, b: mc.Same) -> mc.Same:
         squares_a += float(a.flat(start, stop).double().square().sum())
         squares_b += float(b.flat(start, stop).double().square().sum())
     scale = (squares_b / squares_a) ** 0.5 if squares_a else 0.0
-    out = torch.empty(count, dtype=a.dtype)
+    out = torch.empty(count, dtype=a.dtype, device=a.device)
     for start in range(0, count, STEP):
         stop = min(start + STEP, count)
         out[start:stop] = a.flat(start, stop) * scale
@@ -65,14 +65,15 @@ def test_a_computed_input_comes_wrapped_and_the_work_dtype_is_kept(plugins, tmp_
 
     @mc.merge_method(lazy_inputs=True)
     def first(x: mc.Same, y: mc.Same) -> mc.Same:
-        got.append((type(x), type(y), x.dtype, y.dtype))
+        got.append((type(x), type(y), x.dtype, y.dtype, x.device, y.device))
         return x.whole().clone()
 
     out = mc.merge(first(mc.weighted_sum(paths[0], paths[1], alpha=0.5), paths[2]), save_dtype="fp64",
                    work_dtype="fp64")
     key = "layers.1.weight"
     torch.testing.assert_close(out[key], (a[key].double() + b[key].double()) / 2, rtol=0, atol=1e-12)
-    assert set(got) == {(mc.LazyInput, mc.LazyInput, torch.float64, torch.float64)}
+    cpu = torch.device("cpu")
+    assert set(got) == {(mc.LazyInput, mc.LazyInput, torch.float64, torch.float64, cpu, cpu)}
 
 
 def test_a_range_outside_the_input_is_refused():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import mecha_core as mc
-from mecha_methods import spherical
+from mecha_methods import spherical, tensor_ops
 
 from .conftest import close, merge_tensors, randn, t
 
@@ -99,4 +99,4 @@ def test_nuslerp_of_model_files_reads_them_in_chunks_and_keeps_the_formula(metho
     omega = math.acos(float(x @ y) / float(x.norm() * y.norm()))
     expected = (math.sin(0.7 * omega) * x + math.sin(0.3 * omega) * y) / math.sin(omega)
     torch.testing.assert_close(out.reshape(-1), expected, rtol=1e-5, atol=1e-6)
-    assert max(reads) <= spherical.CHUNK < 700 * 1000 and sum(reads) == 4 * 700 * 1000  # two passes
+    assert max(reads) <= tensor_ops.CHUNK < 700 * 1000 and sum(reads) == 4 * 700 * 1000  # two passes

@@ -7,7 +7,7 @@ from typing import Any
 
 from mecha_core import LazyInput, Same, merge_method
 
-from .tensor_ops import CHUNK, Tensor, computable, linear_combination, per_model
+from .tensor_ops import Tensor, computable, gram, linear_combination, per_model
 
 
 @merge_method(lazy_inputs=True)
@@ -22,7 +22,7 @@ def slerp(a: Same, b: Same, *, alpha: float = 0.5) -> Same:
     import math
 
     a, b = LazyInput.of(a), LazyInput.of(b)
-    squares_a, squares_b, dot = _sums(a, b)
+    (squares_a, dot), (_, squares_b) = gram((a, b))
     norm_a, norm_b = math.sqrt(squares_a), math.sqrt(squares_b)
     if not (norm_a > 1e-12 and norm_b > 1e-12):
         return linear_combination((a, b), (1 - alpha, alpha))
@@ -77,11 +77,11 @@ def nuslerp(a: Same, b: Same, *, weight: tuple[float, ...] = 1.0, nuslerp_flatte
 
 
 def _slerp_whole(a: LazyInput, b: LazyInput, t: float) -> Tensor:
-    """nuslerp over the whole flattened tensors: the norms and the angle first (:func:`_sums`), then
+    """nuslerp over the whole flattened tensors: the norms and the angle first (:func:`gram`), then
     the result as one combination of the two (:func:`linear_combination`)."""
     import math
 
-    squares_a, squares_b, dot = _sums(a, b)
+    (squares_a, dot), (_, squares_b) = gram((a, b))
     norm_a, norm_b = max(math.sqrt(squares_a), 1e-7), max(math.sqrt(squares_b), 1e-7)
     cosine = min(max(dot / (norm_a * norm_b), -1.0), 1.0)
     if 1 - cosine * cosine <= 1e-16:
@@ -89,22 +89,6 @@ def _slerp_whole(a: LazyInput, b: LazyInput, t: float) -> Tensor:
     omega = math.acos(cosine)
     return linear_combination((a, b), (math.sin((1 - t) * omega) / math.sin(omega),
                                        math.sin(t * omega) / math.sin(omega)))
-
-
-def _sums(a: LazyInput, b: LazyInput) -> tuple[float, float, float]:
-    """|a|^2, |b|^2 and a.b of the flattened tensors, read a chunk at a time and summed in float64
-    from float32 products (exact for fp16/bf16 inputs): the statistics of a 65 M-entry LLM embedding
-    without a float32 or float64 copy of it."""
-    import torch
-
-    squares_a = squares_b = dot = 0.0
-    for start in range(0, a.numel(), CHUNK):
-        stop = min(start + CHUNK, a.numel())
-        x, y = computable(a.flat(start, stop)), computable(b.flat(start, stop))
-        squares_a += float(torch.sum(x * x, dtype=torch.float64))
-        squares_b += float(torch.sum(y * y, dtype=torch.float64))
-        dot += float(torch.sum(x * y, dtype=torch.float64))
-    return squares_a, squares_b, dot
 
 
 @merge_method

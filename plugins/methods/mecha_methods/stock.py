@@ -7,7 +7,7 @@ from typing import Any
 
 from mecha_core import Delta, LazyInput, Same, Weight, merge_method
 
-from .tensor_ops import CHUNK, Tensor, computable, linear_combination, row_cosines
+from .tensor_ops import Tensor, computable, gram, linear_combination, row_cosines
 
 
 def stock_ratio(deltas: Sequence[Tensor], cos_eps: float) -> Tensor:
@@ -62,30 +62,14 @@ def model_stock(base: Weight, a: Weight, b: Weight, *models: Weight, filter_wise
     count = len(others)
     if filter_wise and len(base.shape) > 0:
         return _model_stock_rows(base.whole(), [model.whole() for model in others])
-    gram = _delta_gram(base, others)
+    products = gram(others, base)
     pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
-    cosine = sum(gram[i][j] / max(math.sqrt(gram[i][i] * gram[j][j]), 1e-6) for i, j in pairs) / len(pairs)
+    cosine = sum(products[i][j] / max(math.sqrt(products[i][i] * products[j][j]), 1e-6)
+                 for i, j in pairs) / len(pairs)
     cosine = min(max(cosine, -1.0), 1.0)
     denominator = 1 + (count - 1) * cosine
     ratio = 0.0 if abs(denominator) < 1e-6 else count * cosine / denominator
     return linear_combination([base, *others], [1 - ratio] + [ratio / count] * count)
-
-
-def _delta_gram(base: LazyInput, models: Sequence[LazyInput]) -> list[list[float]]:
-    """The dot products <d_i, d_j> (i <= j) of the task vectors d_i = m_i - base, read a chunk at a time
-    and summed in float64: the whole-tensor cosines without a copy of any task vector."""
-    import torch
-
-    count = len(models)
-    gram = [[0.0] * count for _ in range(count)]
-    for start in range(0, base.numel(), CHUNK):
-        stop = min(start + CHUNK, base.numel())
-        origin = computable(base.flat(start, stop))
-        deltas = [computable(model.flat(start, stop)) - origin for model in models]
-        for i in range(count):
-            for j in range(i, count):
-                gram[i][j] += float(torch.sum(deltas[i] * deltas[j], dtype=torch.float64))
-    return gram
 
 
 def _model_stock_rows(base: Tensor, models: Sequence[Tensor]) -> Tensor:

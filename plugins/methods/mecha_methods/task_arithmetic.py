@@ -51,13 +51,10 @@ def _task_arithmetic(base: Tensor | LazyInput, models: Sequence[Tensor | LazyInp
     count = base.numel()
     step = max(count, 1) if sparsify is not None else CHUNK
     trims = [_TopK(base, model, density, step) for model, density in zip(models, top_k)] if top_k else None
-    out: Tensor | None = None
-    for start in range(0, max(count, 1), step):
+    out = torch.empty(count, dtype=base.dtype, device=base.device)
+    for start in range(0, count, step):
         stop = min(start + step, count)
-        chunk = base.flat(start, stop)
-        if out is None:
-            out = torch.empty(count, dtype=chunk.dtype, device=chunk.device)
-        origin = computable(chunk)
+        origin = computable(base.flat(start, stop))
         weighted = []
         for i, (model, w) in enumerate(zip(models, weight)):
             delta = computable(model.flat(start, stop)) - origin
@@ -82,7 +79,6 @@ def _task_arithmetic(base: Tensor | LazyInput, models: Sequence[Tensor | LazyInp
             if normalize and abs(total) >= 1e-8:
                 merged = merged / total
         out[start:stop] = origin + lambda_ * merged
-    assert out is not None
     return out.reshape(base.shape)
 
 

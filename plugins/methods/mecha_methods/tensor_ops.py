@@ -76,15 +76,31 @@ def linear_combination(inputs: Sequence[LazyInput], coefficients: Sequence[float
     import torch
 
     count = inputs[0].numel()
-    result = None
-    for start in range(0, max(count, 1), CHUNK):
+    result = torch.empty(count, dtype=inputs[0].dtype, device=inputs[0].device)
+    for start in range(0, count, CHUNK):
         stop = min(start + CHUNK, count)
-        first = inputs[0].flat(start, stop)
-        if result is None:
-            result = torch.empty(count, dtype=first.dtype, device=first.device)
-        total = computable(first).mul(coefficients[0])
+        total = computable(inputs[0].flat(start, stop)).mul(coefficients[0])
         for lazy, coefficient in zip(inputs[1:], coefficients[1:]):
             total.add_(lazy.flat(start, stop), alpha=coefficient)
         result[start:stop] = total
-    assert result is not None
     return result.reshape(inputs[0].shape)
+
+
+def gram(inputs: Sequence[LazyInput], base: LazyInput | None = None) -> list[list[float]]:
+    """The dot products <x_i, x_j> (i <= j) of the flattened inputs, or of their differences from
+    `base` (task vectors), read a chunk at a time and summed in float64 from float32 products: the
+    norms and angles of whole tensors (an LLM's 65 M-entry embedding) without a copy of any of them."""
+    import torch
+
+    count = len(inputs)
+    products = [[0.0] * count for _ in range(count)]
+    for start in range(0, inputs[0].numel(), CHUNK):
+        stop = min(start + CHUNK, inputs[0].numel())
+        vectors = [computable(x.flat(start, stop)) for x in inputs]
+        if base is not None:
+            origin = computable(base.flat(start, stop))
+            vectors = [vector - origin for vector in vectors]
+        for i in range(count):
+            for j in range(i, count):
+                products[i][j] += float(torch.sum(vectors[i] * vectors[j], dtype=torch.float64))
+    return products
